@@ -1,0 +1,1 @@
+"""VIDM: latent video-inpainting diffusion for hand removal in egocentric video."""

@@ -1,0 +1,187 @@
+"""Reading checkpoints safely and loading them into models (one path for every command)."""
+
+from __future__ import annotations
+
+import logging
+import zipfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ldm.modules.ema import shadow_name
+
+log = logging.getLogger(__name__)
+
+EMA_PREFIX = "model_ema."
+DENOISER_PREFIX = "model."
+FIRST_STAGE_PREFIX = "first_stage_model."
+CONDITIONER_COPY_PREFIX = "cond_stage_model.first_stage_model."
+SAFETENSORS_SUFFIXES = (".safetensors",)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not fit the model; the message is one line."""
+
+
+def read_state_dict(path: str | Path, unsafe: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors of a Lightning `.ckpt`, a plain state dict, or a `.safetensors` file.
+
+    `.ckpt` files are read with `weights_only=True` and memory-mapped, so a pickle payload never
+    runs and only the tensors that are used are paged in. `unsafe=True` allows arbitrary pickles
+    (only for files you trust).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.suffix in SAFETENSORS_SUFFIXES:
+        return _read_safetensors(path)
+    if unsafe:
+        log.warning("loading %s with weights_only=False: a malicious file can run code", path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=not unsafe, mmap=zipfile.is_zipfile(path))
+    except Exception as err:  # torch.load raises many types on garbage; all mean "unreadable"
+        if "Weights only load failed" in str(err):
+            raise CheckpointError(
+                f"{path}: holds pickled objects other than tensors, refused for safety; "
+                "re-run with --unsafe-load only if you trust this file"
+            ) from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(err)})") from None
+    return _extract_state_dict(ckpt, path)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(err)})") from None
+
+
+def _extract_state_dict(ckpt: object, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(ckpt, Mapping) and isinstance(ckpt.get("state_dict"), Mapping):
+        ckpt = ckpt["state_dict"]
+    if not isinstance(ckpt, Mapping) or not ckpt or not all(torch.is_tensor(v) for v in ckpt.values()):
+        raise CheckpointError(
+            f"{path}: not a Lightning checkpoint or state dict (no 'state_dict' of tensors)"
+        )
+    return dict(ckpt)
+
+
+def ema_as_model_weights(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Replace the denoiser's weights (`model.*`) by their EMA shadows and drop the `model_ema.*` buffers."""
+    if not any(k.startswith(EMA_PREFIX) for k in state):
+        return dict(state)
+    out = {}
+    for key, value in state.items():
+        if key.startswith(EMA_PREFIX):
+            continue
+        if key.startswith(DENOISER_PREFIX):
+            shadow = EMA_PREFIX + shadow_name(key[len(DENOISER_PREFIX) :])
+            if shadow not in state:
+                raise CheckpointError(f"checkpoint has EMA weights but no '{shadow}'")
+            value = state[shadow]
+        out[key] = value
+    return out
+
+
+def describe_mismatch(
+    missing: Iterable[str], unexpected: Iterable[str], shapes: Iterable[str], limit: int = 5
+) -> str:
+    parts = []
+    for label, keys in (
+        ("missing", list(missing)),
+        ("unexpected", list(unexpected)),
+        ("wrong shape", list(shapes)),
+    ):
+        if keys:
+            more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+            parts.append(f"{len(keys)} {label}: {', '.join(keys[:limit])}{more}")
+    return "; ".join(parts)
+
+
+def load_state_into(
+    model: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    source: str | Path,
+    strict: bool = True,
+    allow_missing: tuple[str, ...] = (),
+) -> None:
+    """`model.load_state_dict(state)`, failing with one line that lists the first mismatching keys.
+
+    Keys that start with a prefix in `allow_missing` may be absent even when `strict`.
+    """
+    own = model.state_dict()
+    shapes = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    missing = [k for k in own if k not in state and not k.startswith(allow_missing)]
+    unexpected = [k for k in state if k not in own]
+    if shapes or (strict and (missing or unexpected)):
+        raise CheckpointError(
+            f"{source}: does not fit the model built from the config: {describe_mismatch(missing, unexpected, shapes)}"
+        )
+    if missing or unexpected:
+        log.info("%s: %s", source, describe_mismatch(missing, unexpected, []))
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+
+
+def load_model_weights(
+    model: nn.Module,
+    path: str | Path,
+    strict: bool = True,
+    ignore_keys: Iterable[str] = (),
+    unsafe: bool = False,
+) -> None:
+    """Load a checkpoint file into `model` (keys starting with an `ignore_keys` entry are dropped)."""
+    ignore = tuple(ignore_keys)
+    state = {
+        k: v for k, v in read_state_dict(path, unsafe=unsafe).items() if not (ignore and k.startswith(ignore))
+    }
+    load_state_into(model, state, path, strict=strict)
+
+
+def _without_ckpt_paths(model_config: Mapping) -> dict:
+    """The model config with the weight-file references removed (the checkpoint supplies them)."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(OmegaConf.create(model_config), resolve=True)
+    params = cfg.setdefault("params", {})
+    params.pop("ckpt_path", None)
+    params.get("first_stage_config", {}).get("params", {}).pop("ckpt_path", None)
+    return cfg
+
+
+def load_inference_model(
+    model_config: Mapping,
+    checkpoint: str | Path,
+    device: str | torch.device = "cpu",
+    unsafe: bool = False,
+) -> nn.Module:
+    """Build the model from its config and load a checkpoint's EMA weights for inference.
+
+    Accepts the released Lightning checkpoint (EMA buffers replace the training weights, which are
+    never copied) or a file from scripts/convert_checkpoint.py. The model is returned in eval mode,
+    without an EMA copy, on `device`.
+    """
+    from ldm.models.diffusion.ddpm import SCHEDULE_BUFFERS
+    from ldm.util import instantiate_from_config
+
+    cfg = _without_ckpt_paths(model_config)
+    cfg["params"]["use_ema"] = False
+    model = instantiate_from_config(cfg)
+    state = ema_as_model_weights(read_state_dict(checkpoint, unsafe=unsafe))
+    if any(k.startswith(FIRST_STAGE_PREFIX) for k in state):
+        state = {k: v for k, v in state.items() if not k.startswith(CONDITIONER_COPY_PREFIX)}
+    load_state_into(model, state, checkpoint, allow_missing=(CONDITIONER_COPY_PREFIX, *SCHEDULE_BUFFERS))
+    return model.eval().to(device)

@@ -1,0 +1,124 @@
+"""Latent diffusion: DDPM on the latents of a frozen first stage, conditioned on masked frames."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ldm.models.diffusion.ddpm import DDPM
+from ldm.util import instantiate_from_config
+
+
+def disabled_train(self: nn.Module, mode: bool = True) -> nn.Module:
+    """Replacement for `.train()` that keeps a frozen module in eval mode."""
+    return self
+
+
+class LatentDiffusion(DDPM):
+    """The VIDM Lightning module.
+
+    Batches are dicts: `image` (B,H,W,3) target frame, and for `cond_stage_key: __batch__` the
+    whole batch goes to the conditioner (`hand_images`, `mask`); `loss_mask` (B,h,w) masks the loss.
+    """
+
+    def __init__(
+        self,
+        first_stage_config: Mapping,
+        cond_stage_config: Mapping,
+        cond_stage_key: str = "image",
+        cond_stage_trainable: bool = False,
+        concat_mode: bool = True,
+        conditioning_key: str | None = None,
+        scale_factor: float = 1.0,
+        log_config: Mapping | None = None,
+        ckpt_path: str | None = None,
+        ignore_keys: tuple[str, ...] = (),
+        **kwargs: Any,
+    ):
+        if conditioning_key is None:
+            conditioning_key = "concat" if concat_mode else None
+        if cond_stage_trainable:
+            raise ValueError(
+                "cond_stage_trainable is not supported: the conditioner reuses the frozen first stage"
+            )
+        super().__init__(conditioning_key=conditioning_key, **kwargs)
+        self.cond_stage_key = cond_stage_key
+        self.concat_mode = concat_mode
+        self.scale_factor = scale_factor
+        self.first_stage_model = self._frozen(instantiate_from_config(first_stage_config))
+        extra = (
+            {"first_stage_model": self.first_stage_model} if cond_stage_config.get("with_first_stage") else {}
+        )
+        self.cond_stage_model = self._frozen(instantiate_from_config(cond_stage_config, **extra))
+        self.image_logger = instantiate_from_config(log_config) if log_config is not None else None
+        if ckpt_path is not None:
+            from ldm.checkpoint import load_model_weights
+
+            load_model_weights(self, ckpt_path, strict=False, ignore_keys=ignore_keys)
+
+    @staticmethod
+    def _frozen(module: nn.Module) -> nn.Module:
+        module.eval()
+        module.train = disabled_train.__get__(module)
+        for param in module.parameters():
+            param.requires_grad = False
+        return module
+
+    @torch.no_grad()
+    def encode_first_stage(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-quantisation latent of images (B,3,H,W), times scale_factor."""
+        return self.scale_factor * self.first_stage_model.encode(x)
+
+    @torch.no_grad()
+    def decode_first_stage(self, z: torch.Tensor, force_not_quantize: bool = False) -> torch.Tensor:
+        return self.first_stage_model.decode(z / self.scale_factor, force_not_quantize=force_not_quantize)
+
+    def get_learned_conditioning(self, c: Any) -> torch.Tensor:
+        return self.cond_stage_model(c)
+
+    def get_input(
+        self,
+        batch: Mapping,
+        k: str,
+        bs: int | None = None,
+        return_first_stage_outputs: bool = False,
+    ) -> list[torch.Tensor]:
+        """[z, c] for the batch (and [x, xrec] after them with `return_first_stage_outputs`)."""
+        if bs is not None:
+            batch = {key: value[:bs] for key, value in batch.items()}
+        x = super().get_input(batch, k)
+        z = self.encode_first_stage(x).detach()
+        xc = batch if self.cond_stage_key == "__batch__" else super().get_input(batch, self.cond_stage_key)
+        out = [z, self.get_learned_conditioning(xc)]
+        if return_first_stage_outputs:
+            out.extend([x, self.decode_first_stage(z)])
+        return out
+
+    def shared_step(self, batch: Mapping) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x, c = self.get_input(batch, self.first_stage_key)
+        loss_mask = batch.get("loss_mask")
+        if loss_mask is not None:
+            loss_mask = loss_mask.unsqueeze(1)
+        return self(x, c, loss_mask=loss_mask)
+
+    @torch.no_grad()
+    def sample_log(
+        self, cond: torch.Tensor, batch_size: int, ddim: bool = True, ddim_steps: int = 200, **kwargs
+    ):
+        """Sample latents for `cond` with DDIM (`ddim=False` runs all steps with eta=1, i.e. ancestral DDPM)."""
+        from ldm.models.diffusion.ddim import DDIMSampler
+
+        if not ddim:
+            ddim_steps, kwargs["eta"] = self.num_timesteps, 1.0
+        shape = (self.channels, *cond.shape[-2:])
+        return DDIMSampler(self).sample(ddim_steps, batch_size, shape, cond, **kwargs)
+
+    @torch.no_grad()
+    def log_images(self, batch: Mapping, N: int = 8, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """Images for the training logger, made by `log_config` (InpaintLog3d)."""
+        if self.image_logger is None:
+            return {}
+        return self.image_logger(self, batch, N=N, **kwargs)

@@ -1,0 +1,37 @@
+"""Vector quantiser of the VQ first stage."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+class VectorQuantizer(nn.Module):
+    """Snap each latent vector to its nearest codebook entry (squared Euclidean), straight-through.
+
+    Returns (z_q, commitment loss, indices). The loss is the VQ-VAE codebook + beta * commitment
+    term, used only when the first stage itself is trained.
+    """
+
+    def __init__(self, n_e: int, e_dim: int, beta: float = 0.25):
+        super().__init__()
+        self.n_e = n_e
+        self.e_dim = e_dim
+        self.beta = beta
+        self.embedding = nn.Embedding(n_e, e_dim)
+        nn.init.uniform_(self.embedding.weight, -1.0 / n_e, 1.0 / n_e)
+
+    def nearest_indices(self, z: torch.Tensor) -> torch.Tensor:
+        """Codebook index of every vector of (B,C,H,W) → (B,H,W)."""
+        flat = rearrange(z, "b c h w -> (b h w) c")
+        codebook = self.embedding.weight.to(flat.dtype)
+        distances = flat.pow(2).sum(1, keepdim=True) + codebook.pow(2).sum(1)[None] - 2 * flat @ codebook.t()
+        return distances.argmin(dim=1).reshape(z.shape[0], *z.shape[2:])
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        indices = self.nearest_indices(z)
+        z_q = rearrange(self.embedding(indices), "b h w c -> b c h w").to(z.dtype)
+        loss = F.mse_loss(z_q.detach(), z) * self.beta + F.mse_loss(z_q, z.detach())
+        return z + (z_q - z).detach(), loss, indices

@@ -1,0 +1,116 @@
+"""Checkpoint reading is safe by default, mismatches are explained, conversion round-trips."""
+
+from __future__ import annotations
+
+import collections
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ldm.checkpoint import CheckpointError, load_inference_model, load_model_weights, read_state_dict
+from ldm.util import instantiate_from_config
+from tests.conftest import ROOT
+
+
+class Payload:
+    """Stands in for a malicious object: unpickling it would call os.system."""
+
+    def __reduce__(self):
+        return (print, ("pickle payload ran",))
+
+
+def lightning_checkpoint(path, state):
+    torch.save({"state_dict": state, "global_step": 3, "optimizer_states": []}, path)
+    return path
+
+
+def test_reads_lightning_checkpoint_memory_mapped(reference, tmp_path):
+    path = lightning_checkpoint(tmp_path / "m.ckpt", reference["state_dict"])
+    state = read_state_dict(path)
+    assert list(state) == list(reference["state_dict"])
+    assert torch.equal(state["betas"], reference["state_dict"]["betas"])
+
+
+def test_pickle_payload_is_refused_unless_unsafe(reference, tmp_path, capsys):
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": dict(reference["state_dict"]), "callbacks": Payload()}, path)
+    with pytest.raises(CheckpointError, match="--unsafe-load") as err:
+        read_state_dict(path)
+    assert "\n" not in str(err.value)
+    assert "pickle payload ran" not in capsys.readouterr().out
+    read_state_dict(path, unsafe=True)
+    assert "pickle payload ran" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(b"", "not a readable PyTorch checkpoint"), (b"hello, world" * 10, "not a readable PyTorch checkpoint")],
+)
+def test_files_that_are_not_checkpoints(tmp_path, content, message):
+    path = tmp_path / "bad.ckpt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=message):
+        read_state_dict(path)
+
+
+def test_missing_file_and_non_state_dict(tmp_path):
+    with pytest.raises(CheckpointError, match="no such checkpoint file"):
+        read_state_dict(tmp_path / "absent.ckpt")
+    torch.save({"epoch": 1}, tmp_path / "x.ckpt")
+    with pytest.raises(CheckpointError, match="not a Lightning checkpoint"):
+        read_state_dict(tmp_path / "x.ckpt")
+
+
+def test_mismatch_lists_the_first_keys(reference, tmp_path):
+    state = collections.OrderedDict(reference["state_dict"])
+    del state["model.diffusion_model.out.4.bias"]
+    state["model.extra.weight"] = torch.zeros(1)
+    state["first_stage_model.quantize.embedding.weight"] = torch.zeros(65, 3)
+    path = lightning_checkpoint(tmp_path / "m.ckpt", state)
+    model = instantiate_from_config(reference["config"])
+    with pytest.raises(CheckpointError) as err:
+        load_model_weights(model, path)
+    message = str(err.value)
+    assert "1 missing: model.diffusion_model.out.4.bias" in message
+    assert "1 unexpected: model.extra.weight" in message
+    assert "first_stage_model.quantize.embedding.weight (65, 3) vs (64, 3)" in message
+    assert "\n" not in message
+
+
+def test_inference_loading_uses_ema_weights(reference, tmp_path):
+    state = dict(reference["state_dict"])
+    state["model_ema.diffusion_modelout4bias"] = torch.full((3,), 7.0)
+    path = lightning_checkpoint(tmp_path / "m.ckpt", state)
+    model = load_inference_model(reference["config"], path)
+    assert not model.training and not model.use_ema
+    assert torch.all(model.model.diffusion_model.out[4].bias == 7.0)
+
+
+def test_converted_safetensors_give_the_same_model(reference, tmp_path):
+    ckpt = lightning_checkpoint(tmp_path / "m.ckpt", reference["state_dict"])
+    out = tmp_path / "m.safetensors"
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "convert_checkpoint.py"), str(ckpt), str(out)],
+        check=True,
+        cwd=ROOT,
+    )
+    from_ckpt = load_inference_model(reference["config"], ckpt)
+    from_st = load_inference_model(reference["config"], out)
+    for (k1, v1), (k2, v2) in zip(from_ckpt.state_dict().items(), from_st.state_dict().items(), strict=True):
+        assert k1 == k2 and torch.equal(v1, v2), k1
+    with torch.no_grad():
+        eps = from_st.apply_model(reference["x_noisy"], reference["t"], reference["cond"])
+    torch.testing.assert_close(eps, reference["eps"], rtol=1e-3, atol=1e-4)
+
+
+def test_fp16_conversion_halves_the_file(reference, tmp_path):
+    ckpt = lightning_checkpoint(tmp_path / "m.ckpt", reference["state_dict"])
+    full, half = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    script = str(ROOT / "scripts" / "convert_checkpoint.py")
+    subprocess.run([sys.executable, script, str(ckpt), str(full)], check=True, cwd=ROOT)
+    subprocess.run([sys.executable, script, str(ckpt), str(half), "--fp16"], check=True, cwd=ROOT)
+    assert half.stat().st_size < 0.55 * full.stat().st_size
+    model = load_inference_model(reference["config"], half)
+    assert model.model.diffusion_model.out[4].weight.dtype == torch.float32
