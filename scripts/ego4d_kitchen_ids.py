@@ -1,0 +1,74 @@
+#!/usr/bin/env python
+"""List the EGO4D videos filmed in kitchens.
+
+Reads EGO4D's annotations/narration.json ({video_uid: {narration_pass_N: {"summaries":
+[{"summary_text": ...}], ...}}}) and writes the uids of the videos whose summary text contains
+"kitchen" (case-sensitive, as in the official run), sorted, one a line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ldm.data.preparation import InputError, configure_logging, read_json, write_lines
+
+log = logging.getLogger("ego4d_kitchen_ids")
+
+KEYWORD = "kitchen"
+
+
+def summary_texts(passes: Any) -> list[str]:
+    """Every summary text of one video's narration passes."""
+    if not isinstance(passes, Mapping):
+        return []
+    texts = []
+    for narration_pass in passes.values():
+        if isinstance(narration_pass, Mapping):
+            texts += [str(s.get("summary_text", "")) for s in narration_pass.get("summaries") or ()]
+    return texts
+
+
+def kitchen_ids(narrations: Mapping[str, Any], keyword: str = KEYWORD) -> list[str]:
+    """Sorted uids of the videos with `keyword` in a narration summary."""
+    return sorted(
+        uid for uid, passes in narrations.items() if any(keyword in t for t in summary_texts(passes))
+    )
+
+
+def load_narrations(path: Path) -> Mapping[str, Any]:
+    if path.is_dir():
+        path = path / "annotations" / "narration.json"
+    narrations = read_json(path)
+    if not isinstance(narrations, Mapping):
+        raise InputError(f"{path}: not an EGO4D narration file (expected an object of video uids)")
+    return narrations
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "narrations", type=Path, help="EGO4D annotations/narration.json (or the EGO4D folder)"
+    )
+    parser.add_argument("--out", type=Path, default=Path("data/ego4d_kitchen_ids.txt"), help="output list")
+    args = parser.parse_args(argv)
+    configure_logging()
+    try:
+        narrations = load_narrations(args.narrations)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    ids = kitchen_ids(narrations)
+    write_lines(args.out, ids)
+    log.info("%s: %d of %d videos mention %r", args.out, len(ids), len(narrations), KEYWORD)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+#!/usr/bin/env python
+"""Turn EGO4D full-scale videos into hand-labelled 256x256 frames, one HDF5 file per video.
+
+Keeps every 10th frame of EGO4D_DIR/<video_uid>.mp4, resized so its short side is 256 and
+centre-cropped to 256x256, labels it with the 100 Days of Hands detector (1 when any hand is
+detected with score ≥ 0.7; frames go through the detector in batches of 20) and writes
+OUT/<video_uid>.hdf5 with:
+
+  frames      vlen uint8  JPEG bytes. Compatibility quirk kept from the published files: the RGB
+                          frame was handed to OpenCV's encoder, which assumes BGR, so decoding with
+                          OpenCV (cv2.imdecode) yields RGB directly (other decoders yield BGR).
+  labels      int64 (N,)  1 if a hand was detected
+  mean_pixel  int64 (N,3) per-channel (R, G, B) mean of the frame, in 0..255
+
+By default every *.mp4 in EGO4D_DIR is converted; --ids or --ids-file (e.g. the kitchen subset
+data/ego4d_kitchen_ids.txt from scripts/ego4d_kitchen_ids.py) choose videos. Finished files are
+skipped, so a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import cv2
+import h5py
+import imageio_ffmpeg
+import numpy as np
+
+from ldm.data.hand_detection import (
+    DEFAULT_CONFIG,
+    DEFAULT_WEIGHTS,
+    SCORE_THRESHOLD,
+    DetectorUnavailable,
+    Detectron2HandDetector,
+    HandDetector,
+)
+from ldm.data.images import square_resize
+from ldm.data.preparation import InputError, Job, configure_logging, read_id_list, run_jobs
+
+FRAME_STEP = 10
+FRAME_SIZE = 256
+BATCH_SIZE = 20
+
+
+def sampled_frames(video: Path, step: int = FRAME_STEP) -> Iterator[np.ndarray]:
+    """Every `step`-th frame of the video (from frame 0) as RGB uint8, decoded by ffmpeg."""
+    keep_every = ["-vf", f"select=not(mod(n\\,{step}))", "-fps_mode", "passthrough"]
+    try:
+        reader = imageio_ffmpeg.read_frames(str(video), output_params=keep_every)
+        width, height = next(reader)["size"]
+        for raw in reader:
+            yield np.frombuffer(raw, np.uint8).reshape(height, width, 3)
+    except (OSError, RuntimeError, StopIteration) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"{video}: unreadable video ({reason})") from None
+
+
+def batches(video: Path, batch_size: int) -> Iterator[list[np.ndarray]]:
+    """The kept frames as 256x256 RGB crops, `batch_size` at a time."""
+    batch: list[np.ndarray] = []
+    for frame in sampled_frames(video):
+        batch.append(square_resize(frame, FRAME_SIZE, interpolation=cv2.INTER_AREA))
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def encode_as_published(frame: np.ndarray) -> np.ndarray:
+    """JPEG bytes of an RGB frame passed to OpenCV as is (see the module docstring)."""
+    ok, data = cv2.imencode(".jpg", frame)
+    if not ok:
+        raise RuntimeError("OpenCV could not encode a frame")
+    return data.reshape(-1)
+
+
+def write_video(video: Path, detector: HandDetector, batch_size: int, tmp: Path) -> None:
+    jpegs: list[np.ndarray] = []
+    labels: list[int] = []
+    means: list[np.ndarray] = []
+    for batch in batches(video, batch_size):
+        labels += [int(hand) for hand in detector(batch)]
+        jpegs += [encode_as_published(frame) for frame in batch]
+        means += [frame.reshape(-1, 3).mean(axis=0) for frame in batch]
+    if not jpegs:
+        raise InputError(f"{video}: no frames")
+    with h5py.File(tmp, "w") as out:
+        out.create_dataset("labels", data=np.asarray(labels, np.int64))
+        out.create_dataset("mean_pixel", data=np.asarray(means).astype(np.int64))
+        data = out.create_dataset("frames", (len(jpegs),), dtype=h5py.vlen_dtype(np.uint8))
+        for index, jpeg in enumerate(jpegs):
+            data[index] = jpeg
+
+
+def video_ids(args: argparse.Namespace) -> list[str]:
+    if args.ids:
+        return list(args.ids)
+    if args.ids_file:
+        return read_id_list(args.ids_file)
+    return sorted(p.stem for p in args.ego4d_dir.glob("*.mp4"))
+
+
+def main(argv: list[str] | None = None, detector: HandDetector | None = None) -> int:
+    """Command-line entry; `detector` replaces the detectron2 one (tests plug in their own)."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("ego4d_dir", type=Path, help="folder of EGO4D full-scale <video_uid>.mp4 files")
+    parser.add_argument("out", type=Path, help="output folder (set EGO4D_LOCATION to it for training)")
+    parser.add_argument("--ids", nargs="+", help="video uids to convert")
+    parser.add_argument("--ids-file", type=Path, help="text file of video uids, one a line")
+    parser.add_argument("--detector-config", type=Path, default=DEFAULT_CONFIG, help="detectron2 config")
+    parser.add_argument("--detector-weights", type=Path, default=DEFAULT_WEIGHTS, help="detector weights")
+    parser.add_argument("--threshold", type=float, default=SCORE_THRESHOLD, help="hand score threshold")
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="frames per detector call")
+    parser.add_argument("--device", help="detector device (default: cuda when available, else cpu)")
+    args = parser.parse_args(argv)
+    configure_logging()
+    try:
+        ids = video_ids(args)
+        if not ids:
+            raise InputError(f"{args.ego4d_dir}: no .mp4 videos")
+        missing = [uid for uid in ids if not (args.ego4d_dir / f"{uid}.mp4").is_file()]
+        if missing:
+            raise InputError(f"{args.ego4d_dir}: no {missing[0]}.mp4 ({len(missing)} of the videos missing)")
+        todo = [uid for uid in ids if not (args.out / f"{uid}.hdf5").exists()]
+        if todo and detector is None:
+            detector = Detectron2HandDetector(
+                args.detector_config, args.detector_weights, args.threshold, args.device
+            )
+    except (InputError, DetectorUnavailable) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    jobs = []
+    for uid in ids:
+        write = partial(write_video, args.ego4d_dir / f"{uid}.mp4", detector, args.batch_size)
+        jobs.append(Job(uid, args.out / f"{uid}.hdf5", write))
+    return run_jobs(jobs, desc="EGO4D videos")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
