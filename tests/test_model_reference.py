@@ -106,3 +106,14 @@ def test_ddim_with_eta_is_reproducible_from_a_generator(small_model, reference):
 
     assert torch.equal(run(0), run(0))
     assert not torch.equal(run(0), run(1))
+
+
+def test_ddim_timesteps_have_exactly_s_steps_inside_the_schedule():
+    from ldm.models.diffusion.ddim import ddim_timesteps
+
+    assert list(ddim_timesteps(10, 1000)) == list(range(1, 1000, 100))  # LDM's arange(0, T, T // S) + 1
+    for steps in (1, 3, 7, 9, 37, 251, 333, 999, 1000):
+        t = ddim_timesteps(steps, 1000)
+        assert len(t) == steps and len(set(t)) == steps
+        assert 0 <= t.min() and t.max() <= 999
+    assert list(ddim_timesteps(1000, 1000)) == list(range(1000))

@@ -12,10 +12,15 @@ from tqdm.auto import tqdm
 
 
 def ddim_timesteps(num_steps: int, num_train_steps: int) -> np.ndarray:
-    """LDM's uniform DDIM steps: arange(0, T, T // S) + 1."""
+    """LDM's uniform DDIM steps, k * (T // S) + 1 for k < S (0..T-1 when S = T).
+
+    LDM writes this as arange(0, T, T // S) + 1, which is the same when S divides T and S < T, but
+    steps past the end of the schedule otherwise (S + 1 steps for S = 3; step T for S = T).
+    """
     if not 0 < num_steps <= num_train_steps:
         raise ValueError(f"DDIM steps must be in 1..{num_train_steps}, got {num_steps}")
-    return np.arange(0, num_train_steps, num_train_steps // num_steps) + 1
+    steps = np.arange(num_steps) * (num_train_steps // num_steps) + 1
+    return steps - 1 if steps[-1] >= num_train_steps else steps
 
 
 @dataclass

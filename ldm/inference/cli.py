@@ -1,0 +1,84 @@
+"""What the inference commands share: model and sampling options, logging, and one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ldm.checkpoint import CheckpointError
+from ldm.inference.errors import InputError, first_line
+from ldm.inference.model_choice import OFFICIAL_CONFIG, OFFICIAL_WEIGHTS, SMALL_WEIGHTS
+from ldm.inference.runtime import DTYPES, resolve_device, resolve_dtype
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--checkpoint",
+        type=Path,
+        help=f"weights (.ckpt or .safetensors); default {OFFICIAL_WEIGHTS} if present, else the embedded "
+        f"small model {SMALL_WEIGHTS} (both relative to the repository)",
+    )
+    group.add_argument("--config", type=Path, help=f"config of --checkpoint (default {OFFICIAL_CONFIG})")
+    group.add_argument(
+        "--unsafe-load",
+        action="store_true",
+        help="allow pickled objects in the checkpoint (trusted files only)",
+    )
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("sampling")
+    group.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
+    group.add_argument(
+        "--dtype", choices=list(DTYPES), default="fp32", help="precision (fp16 needs a GPU; default fp32)"
+    )
+    group.add_argument("--steps", type=positive_int, default=200, help="DDIM steps (default 200)")
+    group.add_argument("--eta", type=non_negative_float, default=1.0, help="DDIM eta (default 1.0)")
+    group.add_argument("--seed", type=int, default=0, help="random seed; same seed, same result (default 0)")
+
+
+def device_and_dtype(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
+    device = resolve_device(args.device)
+    return device, resolve_dtype(args.dtype, device)
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+
+def run_command(command: Callable[[], None]) -> int:
+    """Run a command; bad input, bad checkpoints and file-system errors end it with one 'error: ...' line
+    and status 1."""
+    try:
+        command()
+    except (InputError, CheckpointError) as err:
+        message = " ".join(str(err).split("\n"))
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+    except OSError as err:  # e.g. an output folder that cannot be written
+        print(f"error: {first_line(err)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
