@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 EMA_PREFIX = "model_ema."
 DENOISER_PREFIX = "model."
 FIRST_STAGE_PREFIX = "first_stage_model."
-CONDITIONER_COPY_PREFIX = "cond_stage_model.first_stage_model."
+CONDITIONER_PREFIX = "cond_stage_model."
+CONDITIONER_COPY_PREFIX = CONDITIONER_PREFIX + "first_stage_model."
 SAFETENSORS_SUFFIXES = (".safetensors",)
 
 
@@ -181,7 +182,12 @@ def load_inference_model(
     cfg["params"]["use_ema"] = False
     model = instantiate_from_config(cfg)
     state = ema_as_model_weights(read_state_dict(checkpoint, unsafe=unsafe))
-    if any(k.startswith(FIRST_STAGE_PREFIX) for k in state):
-        state = {k: v for k, v in state.items() if not k.startswith(CONDITIONER_COPY_PREFIX)}
-    load_state_into(model, state, checkpoint, allow_missing=(CONDITIONER_COPY_PREFIX, *SCHEDULE_BUFFERS))
+    allow_missing: tuple[str, ...] = SCHEDULE_BUFFERS
+    if cfg["params"].get("cond_stage_config", {}).get("with_first_stage"):
+        # The conditioner holds the first stage and nothing else: its weights come from
+        # first_stage_model.* whether the file repeats them as cond_stage_model.first_stage_model.*
+        # (VIDM) or as cond_stage_model.* (LDM inpainting_big, whose conditioner is the first stage).
+        state = {k: v for k, v in state.items() if not k.startswith(CONDITIONER_PREFIX)}
+        allow_missing += (CONDITIONER_PREFIX,)
+    load_state_into(model, state, checkpoint, allow_missing=allow_missing)
     return model.eval().to(device)

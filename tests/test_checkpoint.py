@@ -114,3 +114,25 @@ def test_fp16_conversion_halves_the_file(reference, tmp_path):
     assert half.stat().st_size < 0.55 * full.stat().st_size
     model = load_inference_model(reference["config"], half)
     assert model.model.diffusion_model.out[4].weight.dtype == torch.float32
+
+
+def test_inpainting_big_layout_loads_into_the_2d_config(tmp_path):
+    """LDM's inpainting_big stores its conditioner (the first stage itself) as cond_stage_model.*;
+    the 2D config's conditioner holds the first stage as cond_stage_model.first_stage_model.*."""
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.load(ROOT / "configs" / "ldm_inpainting_big.yaml").model
+    small = {"model_channels": 32, "attention_resolutions": [2], "channel_mult": [1, 2], "num_heads": 4}
+    config.params.unet_config.params.update(small)
+    config.params.first_stage_config.params.update({"n_embed": 64})
+    config.params.first_stage_config.params.ddconfig.update(
+        {"ch": 32, "ch_mult": [1, 2, 2], "num_res_blocks": 1}
+    )
+    state = instantiate_from_config(config).state_dict()
+    state = {
+        k.replace("cond_stage_model.first_stage_model.", "cond_stage_model."): v for k, v in state.items()
+    }
+    state["first_stage_model.post_quant_conv.bias"] = torch.full((3,), 2.0)
+    path = lightning_checkpoint(tmp_path / "last.ckpt", state)
+    model = load_inference_model(config, path)
+    assert torch.all(model.cond_stage_model.first_stage_model.post_quant_conv.bias == 2.0)

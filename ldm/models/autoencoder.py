@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 import pytorch_lightning as pl
 import torch
+from einops import rearrange
 from torch import nn
 
 from ldm.modules.diffusionmodules.model import Decoder, Encoder
@@ -25,11 +26,13 @@ class VQModel(pl.LightningModule):
         image_key: str = "image",
         monitor: str | None = None,
         learning_rate: float = 4.5e-6,
+        restart_dead_codes_every: int = 0,
         ckpt_path: str | None = None,
     ):
         super().__init__()
         self.image_key = image_key
         self.learning_rate = learning_rate
+        self.restart_dead_codes_every = restart_dead_codes_every
         if monitor is not None:
             self.monitor = monitor
         self.encoder = Encoder(**ddconfig)
@@ -51,8 +54,54 @@ class VQModel(pl.LightningModule):
         return self.decoder(self.post_quant_conv(quant))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        quant, codebook_loss, _ = self.encode(x)
-        return self.decode(quant), codebook_loss
+        """Reconstruction through the quantiser, and the codebook loss."""
+        quant, codebook_loss, _ = VQModel.encode(self, x)
+        return VQModel.decode(self, quant), codebook_loss
+
+    def get_input(self, batch: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
+        """Channel-last images (B,H,W,3) → (B,3,H,W) float."""
+        return rearrange(batch[key], "b h w c -> b c h w").contiguous().float()
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Reconstruction + codebook loss. The codebook starts on the first batch's latents, and with
+        `restart_dead_codes_every` codes unused for that many steps move onto current latents."""
+        x = self.get_input(batch, self.image_key)
+        h = self.quant_conv(self.encoder(x))
+        if self.global_step == 0 and batch_idx == 0:
+            self.quantize.reset_codes(h)
+            self._sync_codebook()
+        quant, codebook_loss, _ = self.quantize(h)
+        reconstruction = self.decoder(self.post_quant_conv(quant))
+        loss, logs = self.loss(codebook_loss, x, reconstruction, split="train")
+        every = self.restart_dead_codes_every
+        if every and (self.global_step + 1) % every == 0:
+            logs["train/restarted_codes"] = torch.tensor(float(self.quantize.restart_dead_codes(h)))
+            self._sync_codebook()
+        self.log_dict(logs, prog_bar=True, on_step=True, on_epoch=True, batch_size=x.shape[0])
+        return loss
+
+    def _sync_codebook(self) -> None:
+        """Give every process rank 0's codebook after a reset (DDP only syncs gradients)."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.broadcast(self.quantize.embedding.weight.data, src=0)
+
+    @torch.no_grad()
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        x = self.get_input(batch, self.image_key)
+        reconstruction, codebook_loss = self(x)
+        _, logs = self.loss(codebook_loss, x, reconstruction, split="val")
+        self.log_dict(logs, on_step=False, on_epoch=True, sync_dist=True, batch_size=x.shape[0])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = [p for name, p in self.named_parameters() if not name.startswith("loss.")]
+        return torch.optim.Adam(params, lr=self.learning_rate)
+
+    @torch.no_grad()
+    def log_images(
+        self, batch: Mapping[str, torch.Tensor], N: int = 8, **_: object
+    ) -> dict[str, torch.Tensor]:
+        x = self.get_input(batch, self.image_key)[:N]
+        return {"inputs": x, "reconstructions": self(x)[0].clamp(-1, 1)}
 
 
 class VQModelInterface(VQModel):

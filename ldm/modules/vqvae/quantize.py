@@ -12,7 +12,8 @@ class VectorQuantizer(nn.Module):
     """Snap each latent vector to its nearest codebook entry (squared Euclidean), straight-through.
 
     Returns (z_q, commitment loss, indices). The loss is the VQ-VAE codebook + beta * commitment
-    term, used only when the first stage itself is trained.
+    term, used only when the first stage itself is trained; then `usage` counts how often each
+    code was chosen, so that codes nobody uses can be restarted on live latents.
     """
 
     def __init__(self, n_e: int, e_dim: int, beta: float = 0.25):
@@ -22,6 +23,7 @@ class VectorQuantizer(nn.Module):
         self.beta = beta
         self.embedding = nn.Embedding(n_e, e_dim)
         nn.init.uniform_(self.embedding.weight, -1.0 / n_e, 1.0 / n_e)
+        self.register_buffer("usage", torch.zeros(n_e), persistent=False)
 
     def nearest_indices(self, z: torch.Tensor) -> torch.Tensor:
         """Codebook index of every vector of (B,C,H,W) → (B,H,W)."""
@@ -32,6 +34,26 @@ class VectorQuantizer(nn.Module):
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         indices = self.nearest_indices(z)
+        if self.training:
+            self.usage += torch.bincount(indices.flatten(), minlength=self.n_e).to(self.usage.dtype)
         z_q = rearrange(self.embedding(indices), "b h w c -> b c h w").to(z.dtype)
         loss = F.mse_loss(z_q.detach(), z) * self.beta + F.mse_loss(z_q, z.detach())
         return z + (z_q - z).detach(), loss, indices
+
+    @torch.no_grad()
+    def reset_codes(self, z: torch.Tensor, which: torch.Tensor | None = None) -> int:
+        """Move the chosen codes (all by default) onto latent vectors drawn from z (B,C,H,W)."""
+        which = torch.ones(self.n_e, dtype=torch.bool, device=z.device) if which is None else which
+        count = int(which.sum())
+        if count:
+            flat = rearrange(z, "b c h w -> (b h w) c")
+            picks = flat[torch.randint(0, flat.shape[0], (count,), device=z.device)]
+            self.embedding.weight[which] = picks + 1e-3 * torch.randn_like(picks)
+        return count
+
+    @torch.no_grad()
+    def restart_dead_codes(self, z: torch.Tensor) -> int:
+        """Reset the codes unused since the last call onto latents of z; returns how many."""
+        count = self.reset_codes(z, self.usage == 0)
+        self.usage.zero_()
+        return count

@@ -1,0 +1,256 @@
+#!/usr/bin/env python
+"""Evaluate hand inpainting where the true pixels are known (the paper's pasted-hand protocol).
+
+Methods, in one run, on the same samples:
+  vidm               the model, target frame + 3 context frames
+  vidm_single_frame  the same model with the context frames replaced by copies of the masked target
+  telea              OpenCV inpainting (Telea) of the target frame
+  temporal_copy      each masked pixel from the latest context frame where it is visible, Telea for the rest
+  ldm_inpainting_big LDM's 2D inpainting model on the target frame (when its checkpoint is present)
+
+Metrics: PSNR and SSIM over the masked region and the whole frame; LPIPS and FID when their networks
+are available locally. Writes OUT/results.json, OUT/results.md and OUT/grid.png.
+
+With only --out it evaluates the embedded small model (or the released one when present) on the
+held-out synthetic benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ldm.evaluation.baselines import telea, temporal_copy
+from ldm.evaluation.benchmark import EvalSample, synthetic_samples, visor_samples
+from ldm.evaluation.metrics import PerceptualMetrics, frame_metrics
+from ldm.inference.cli import (
+    add_model_arguments,
+    add_sampling_arguments,
+    device_and_dtype,
+    positive_int,
+    run_command,
+    setup_logging,
+)
+from ldm.inference.errors import InputError
+from ldm.inference.imageops import composite, from_model_scale, scaled_dilation, to_model_scale
+from ldm.inference.images import write_image_atomic
+from ldm.inference.inpainter import Inpainter, seeded_generator
+from ldm.inference.model_choice import REPO_ROOT, ModelChoice, choose_model, load_model
+
+log = logging.getLogger("evaluate")
+
+INPAINTING_BIG = ModelChoice(
+    REPO_ROOT / "configs/ldm_inpainting_big.yaml",
+    REPO_ROOT / "models/ldm/inpainting_big/last.ckpt",
+    "LDM inpainting_big",
+)
+METRIC_COLUMNS = ("psnr_mask", "ssim_mask", "psnr", "ssim", "lpips", "fid")
+Method = Callable[[list[EvalSample]], np.ndarray]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--data", choices=("synthetic", "visor"), default="synthetic")
+    parser.add_argument("--n", type=positive_int, default=48, help="number of samples (default 48)")
+    parser.add_argument("--size", type=positive_int, help="evaluation size in pixels (default: the model's)")
+    parser.add_argument("--dilation", type=int, default=7, help="mask dilation at 256 px (default 7)")
+    parser.add_argument("--batch-size", type=positive_int, default=16)
+    parser.add_argument(
+        "--methods", nargs="+", help="subset of vidm vidm_single_frame telea temporal_copy ldm_inpainting_big"
+    )
+    visor = parser.add_argument_group("--data visor (NoHands validation windows)")
+    visor.add_argument("--epic-root", default=os.environ.get("EPIC_ROOT"), help="default $EPIC_ROOT")
+    visor.add_argument("--visor-root", default=os.environ.get("DATA_LOCATION"), help="default $DATA_LOCATION")
+    visor.add_argument("--visor-files", default="data/no_hands_val.txt")
+    add_model_arguments(parser)
+    add_sampling_arguments(parser)
+    parser.set_defaults(steps=50, eta=0.0)
+    return parser.parse_args(argv)
+
+
+def model_method(inpainter: Inpainter, resolution: int, batch_size: int, seed: int, mode: str) -> Method:
+    """A model as a method: `multi` (target + context), `single` (context = masked target) or `image` (2D model)."""
+
+    def run(samples: list[EvalSample]) -> np.ndarray:
+        results = []
+        for start in tqdm(range(0, len(samples), batch_size), desc=mode, leave=False):
+            chunk = samples[start : start + batch_size]
+            frames, masks = np.stack([s.frames for s in chunk]), np.stack([s.masks for s in chunk])
+            if mode == "single":
+                frames = np.repeat(frames[:, -1:], frames.shape[1], axis=1)
+                masks = np.repeat(masks[:, -1:], masks.shape[1], axis=1)
+            scaled = [
+                [to_model_scale(f, m, resolution) for f, m in zip(fs, ms, strict=True)]
+                for fs, ms in zip(frames, masks, strict=True)
+            ]
+            model_frames = np.stack([[f for f, _ in seq] for seq in scaled])
+            model_masks = np.stack([[m for _, m in seq] for seq in scaled])
+            if mode == "image":
+                model_frames, model_masks = model_frames[:, -1], model_masks[:, -1]
+            generator = seeded_generator(inpainter.device, seed, start)
+            predicted = inpainter(model_frames, model_masks, generator)
+            predicted = np.stack([from_model_scale(p, *frames.shape[2:4]) for p in predicted])
+            results.append(composite(frames[:, -1], predicted, masks[:, -1]))
+        return np.concatenate(results)
+
+    return run
+
+
+def per_sample_method(fill: Callable[[EvalSample], np.ndarray]) -> Method:
+    return lambda samples: np.stack([composite(s.frames[-1], fill(s), s.masks[-1]) for s in samples])
+
+
+def build_methods(args: argparse.Namespace) -> tuple[dict[str, Method], int, str]:
+    """The methods to run, the evaluation size and a description of the model."""
+    device, dtype = device_and_dtype(args)
+    choice = choose_model(args.checkpoint, args.config)
+    model, resolution = load_model(choice, device, dtype, args.unsafe_load)
+    inpainter = Inpainter(model, dtype, steps=args.steps, eta=args.eta)
+    methods: dict[str, Method] = {
+        "vidm": model_method(inpainter, resolution, args.batch_size, args.seed, "multi"),
+        "vidm_single_frame": model_method(inpainter, resolution, args.batch_size, args.seed, "single"),
+        "telea": per_sample_method(lambda s: telea(s.frames[-1], s.masks[-1])),
+        "temporal_copy": per_sample_method(lambda s: temporal_copy(s.frames, s.masks)),
+    }
+    if INPAINTING_BIG.checkpoint.is_file():
+        big, big_resolution = load_model(INPAINTING_BIG, device, dtype, args.unsafe_load)
+        big_inpainter = Inpainter(big, dtype, steps=args.steps, eta=args.eta)
+        methods["ldm_inpainting_big"] = model_method(
+            big_inpainter, big_resolution, args.batch_size, args.seed, "image"
+        )
+    else:
+        log.info("ldm_inpainting_big skipped: %s not found", INPAINTING_BIG.checkpoint)
+    if args.methods:
+        unknown = sorted(set(args.methods) - set(methods))
+        if unknown:
+            raise InputError(
+                f"--methods: {', '.join(unknown)} not available (choose from {', '.join(methods)})"
+            )
+        methods = {name: methods[name] for name in args.methods}
+    return methods, args.size or resolution, choice.description
+
+
+def load_samples(args: argparse.Namespace, size: int) -> list[EvalSample]:
+    dilation = scaled_dilation(args.dilation, size)
+    if args.data == "synthetic":
+        return list(synthetic_samples(args.n, size, dilation, seed=args.seed))
+    if not args.epic_root or not args.visor_root:
+        raise InputError("--data visor needs --epic-root/--visor-root (or EPIC_ROOT and DATA_LOCATION)")
+    params = {
+        "epic_root": args.epic_root,
+        "visor_root": args.visor_root,
+        "visor_files": args.visor_files,
+        "size": size,
+        "mask_size": (size // 4, size // 4),
+        "mask_dilation": dilation,
+    }
+    try:
+        return list(visor_samples(args.n, params, seed=args.seed))
+    except (OSError, ValueError) as err:
+        raise InputError(f"--data visor: {err}") from None
+
+
+def score(samples: list[EvalSample], predictions: np.ndarray) -> dict[str, float | str]:
+    """Mean metrics over the samples."""
+    per_sample = [frame_metrics(p, s.target, s.masks[-1]) for p, s in zip(predictions, samples, strict=True)]
+    means: dict[str, float | str] = {k: float(np.mean([m[k] for m in per_sample])) for k in per_sample[0]}
+    perceptual = PerceptualMetrics()
+    for p, s in zip(predictions, samples, strict=True):
+        perceptual.update(p, s.target)
+    return means | perceptual.compute()
+
+
+def results_table(results: dict[str, dict[str, float | str]]) -> str:
+    def cell(value: float | str) -> str:
+        if isinstance(value, str):
+            return "n/a"
+        return "inf" if math.isinf(value) else f"{value:.4f}" if abs(value) < 2 else f"{value:.2f}"
+
+    lines = ["| method | " + " | ".join(METRIC_COLUMNS) + " |", "|---" * (len(METRIC_COLUMNS) + 1) + "|"]
+    lines += [
+        f"| {name} | " + " | ".join(cell(m[c]) for c in METRIC_COLUMNS) + " |" for name, m in results.items()
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def grid(samples: list[EvalSample], predictions: dict[str, np.ndarray], rows: int = 4) -> np.ndarray:
+    """Per sample: input frames | mask | each method | ground truth, under a header of names."""
+    size = samples[0].target.shape[0]
+    names = ["inputs"] + [""] * (len(samples[0].frames) - 1) + ["mask", *predictions, "ground truth"]
+    header = np.full((20, size * len(names), 3), 255, np.uint8)
+    for i, name in enumerate(names):
+        cv2.putText(
+            header, name[:14], (i * size + 2, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1, cv2.LINE_AA
+        )
+    body = []
+    for i, sample in enumerate(samples[:rows]):
+        mask = np.repeat(sample.masks[-1][..., None], 3, axis=2).astype(np.uint8) * 255
+        tiles = [*sample.frames, mask, *(p[i] for p in predictions.values()), sample.target]
+        body.append(np.hstack(tiles))
+    return np.vstack([header, *body])
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    methods, size, model = build_methods(args)
+    samples = load_samples(args, size)
+    if not samples:
+        raise InputError("no evaluation samples")
+    log.info("evaluating %s on %d %s samples at %d px", model, len(samples), args.data, size)
+    predictions, results = {}, {}
+    with torch.inference_mode():
+        for name, method in methods.items():
+            predictions[name] = method(samples)
+            results[name] = score(samples, predictions[name])
+            log.info(
+                "%s: psnr_mask %.2f ssim_mask %.4f",
+                name,
+                results[name]["psnr_mask"],
+                results[name]["ssim_mask"],
+            )
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = {
+        "n": len(samples),
+        "methods": results,
+        "settings": {
+            "data": args.data,
+            "size": size,
+            "model": model,
+            "steps": args.steps,
+            "eta": args.eta,
+            "seed": args.seed,
+        },
+    }
+    tmp = args.out / "results.json.partial"
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(args.out / "results.json")
+    table = results_table(results)
+    (args.out / "results.md.partial").write_text(
+        f"{len(samples)} {args.data} samples at {size} px; {model}; DDIM {args.steps} steps, eta {args.eta}\n\n{table}"
+    )
+    (args.out / "results.md.partial").replace(args.out / "results.md")
+    write_image_atomic(args.out / "grid.png", grid(samples, predictions))
+    print(table, end="")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging()
+    return run_command(lambda: evaluate(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

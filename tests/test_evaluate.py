@@ -1,0 +1,133 @@
+"""scripts/evaluate.py: metrics, baselines and the pasted-hand benchmark run end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from ldm.evaluation.baselines import telea, temporal_copy
+from ldm.evaluation.benchmark import synthetic_samples
+from ldm.evaluation.metrics import PerceptualMetrics, psnr, ssim
+from tests.conftest import ROOT
+
+sys.path.insert(0, str(ROOT))
+from scripts.evaluate import main as evaluate  # noqa: E402
+
+
+def test_psnr_counts_only_the_region():
+    target = np.full((8, 8, 3), 100, np.uint8)
+    prediction = target.copy()
+    region = np.zeros((8, 8), bool)
+    region[:2] = True
+    prediction[:2] = 110  # error 10 inside the region only
+    assert psnr(prediction, target, region) == pytest.approx(10 * math.log10(255**2 / 100))
+    assert psnr(prediction, target, ~region) == math.inf
+    assert psnr(prediction, target) == pytest.approx(10 * math.log10(255**2 / 25))
+
+
+def test_ssim_is_one_for_identical_images_and_lower_inside_a_damaged_region():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    damaged = image.copy()
+    damaged[8:24, 8:24] = 0
+    region = np.zeros((32, 32), bool)
+    region[8:24, 8:24] = True
+    assert ssim(image, image) == pytest.approx(1.0)
+    assert ssim(damaged, image, region) < ssim(damaged, image) < 1.0
+
+
+def test_temporal_copy_takes_the_latest_visible_context_pixel():
+    frames = np.zeros((3, 4, 4, 3), np.uint8)
+    frames[0], frames[1], frames[2] = 10, 20, 99
+    masks = np.zeros((3, 4, 4), bool)
+    masks[2, :2] = True  # the target hides rows 0-1
+    masks[1, 0] = True  # frame 1 hides row 0, so row 0 comes from frame 0
+    out = temporal_copy(frames, masks)
+    assert np.all(out[0] == 10) and np.all(out[1] == 20) and np.all(out[2:] == 99)
+
+
+def test_telea_fills_only_the_mask_and_smoothly():
+    frame = np.full((32, 32, 3), 120, np.uint8)
+    mask = np.zeros((32, 32), bool)
+    mask[10:20, 10:20] = True
+    hole = frame.copy()
+    hole[mask] = 0
+    out = telea(hole, mask)
+    assert np.array_equal(out[~mask], frame[~mask])
+    assert np.abs(out[mask].astype(int) - 120).max() <= 2
+
+
+def test_perceptual_metrics_report_why_they_are_unavailable():
+    metrics = PerceptualMetrics()
+    metrics.update(np.zeros((16, 16, 3), np.uint8), np.zeros((16, 16, 3), np.uint8))
+    values = metrics.compute()
+    for name in ("lpips", "fid"):
+        assert isinstance(values[name], float) or values[name].startswith("unavailable (")
+
+
+def test_benchmark_samples_are_fixed_and_have_ground_truth():
+    a = list(synthetic_samples(3, 32, dilation=1))
+    b = list(synthetic_samples(3, 32, dilation=1))
+    for x, y in zip(a, b, strict=True):
+        assert np.array_equal(x.frames, y.frames) and np.array_equal(x.target, y.target)
+    assert a[0].frames.shape == (4, 32, 32, 3) and a[0].masks.shape == (4, 32, 32)
+    outside = ~a[0].masks[-1]
+    assert np.abs(a[0].frames[-1][outside].astype(int) - a[0].target[outside]).max() <= 1
+
+
+def test_evaluate_writes_results_table_and_grid(reference, tmp_path):
+    """The official weights are absent: the reference's small randomly initialised model stands in."""
+    config, checkpoint = tmp_path / "small.yaml", tmp_path / "small.ckpt"
+    OmegaConf.save(OmegaConf.create({"model": reference["config"]}), config)
+    torch.save({"state_dict": reference["state_dict"]}, checkpoint)
+    out = tmp_path / "eval"
+    argv = [
+        "--out",
+        str(out),
+        "--n",
+        "3",
+        "--steps",
+        "2",
+        "--checkpoint",
+        str(checkpoint),
+        "--config",
+        str(config),
+    ]
+    assert evaluate(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["n"] == 3
+    assert set(results["methods"]) == {"vidm", "vidm_single_frame", "telea", "temporal_copy"}
+    for metrics in results["methods"].values():
+        assert {"psnr_mask", "ssim_mask", "psnr", "ssim"} <= set(metrics)
+        assert metrics["psnr"] > metrics["psnr_mask"] > 0
+    assert results["methods"]["vidm"] != results["methods"]["vidm_single_frame"]
+    assert "| telea |" in (out / "results.md").read_text()
+    grid = cv2.imread(str(out / "grid.png"))
+    assert grid.shape[1] == 32 * (4 + 1 + 4 + 1) and grid.shape[0] == 20 + 3 * 32
+
+
+def test_evaluate_rejects_unknown_methods(reference, tmp_path, capsys):
+    config, checkpoint = tmp_path / "small.yaml", tmp_path / "small.ckpt"
+    OmegaConf.save(OmegaConf.create({"model": reference["config"]}), config)
+    torch.save({"state_dict": reference["state_dict"]}, checkpoint)
+    argv = [
+        "--out",
+        str(tmp_path / "e"),
+        "--checkpoint",
+        str(checkpoint),
+        "--config",
+        str(config),
+        "--methods",
+        "magic",
+    ]
+    assert evaluate(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --methods: magic") and "\n" not in err
+    assert not (tmp_path / "e").exists()

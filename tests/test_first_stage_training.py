@@ -1,0 +1,70 @@
+"""Training a VQ first stage from scratch (the embedded small model's first stage)."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+
+from ldm.models.autoencoder import VQModel
+from ldm.modules.vqvae.quantize import VectorQuantizer
+
+DDCONFIG = dict(
+    attn_type="none", double_z=False, z_channels=3, resolution=32, in_channels=3, out_ch=3,
+    ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[], dropout=0.0,
+)  # fmt: skip
+LOSS = {"target": "ldm.modules.losses.reconstruction.VQReconstructionLoss"}
+
+
+def test_quantiser_counts_usage_in_training_and_restarts_dead_codes():
+    torch.manual_seed(0)
+    quantiser = VectorQuantizer(8, 3).train()
+    z = torch.randn(2, 3, 4, 4) + 10.0  # far from every initial code
+    _, _, indices = quantiser(z)
+    assert quantiser.usage.sum() == 32 and quantiser.usage[indices.unique()].all()
+    dead = int((quantiser.usage == 0).sum())
+    assert quantiser.restart_dead_codes(z) == dead > 0
+    assert torch.all(quantiser.usage == 0)
+    restarted = quantiser.embedding.weight[quantiser.embedding.weight.norm(dim=1) > 5]
+    assert len(restarted) == dead, "restarted codes now sit on the latents"
+    quantiser.eval()
+    quantiser(z)
+    assert torch.all(quantiser.usage == 0), "no counting outside training"
+
+
+def test_codebook_is_not_part_of_the_saved_usage_state():
+    model = VQModel(DDCONFIG, LOSS, n_embed=16, embed_dim=3)
+    assert not any("usage" in key for key in model.state_dict())
+
+
+class RepeatedBatch(torch.utils.data.Dataset):
+    def __init__(self, images: torch.Tensor, length: int):
+        self.images, self.length = images, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"image": self.images[index % len(self.images)]}
+
+
+def test_vq_model_learns_to_reconstruct_smooth_images(tmp_path):
+    """60 Lightning steps on 4 smooth 32-px images: the reconstruction error at least halves."""
+    torch.manual_seed(0)
+    images = torch.nn.functional.avg_pool2d(torch.rand(4, 3, 32, 32) * 2 - 1, 7, 1, 3).permute(0, 2, 3, 1)
+    model = VQModel(DDCONFIG, LOSS, n_embed=64, embed_dim=3, learning_rate=2e-3, restart_dead_codes_every=20)
+
+    def error() -> float:
+        model.eval()
+        with torch.no_grad():
+            x = images.permute(0, 3, 1, 2)
+            return float((model(x)[0] - x).abs().mean())
+
+    before = error()
+    trainer = pl.Trainer(
+        max_steps=60, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    loader = torch.utils.data.DataLoader(RepeatedBatch(images, 4 * 60), batch_size=4)
+    trainer.fit(model, loader)
+    after = error()
+    assert after < 0.5 * before, (before, after)
