@@ -1,0 +1,87 @@
+"""The embedded small VIDM, its demo data and the command that trains it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+import demo_script
+from ldm.inference.model_choice import SMALL_CONFIG, SMALL_WEIGHTS, choose_model
+from tests.conftest import ROOT
+from tests.test_inference_support import single_thread
+
+sys.path.insert(0, str(ROOT))
+from scripts.make_demo_data import write_demo  # noqa: E402
+
+DEMO = ROOT / "demo_data"
+
+
+def read(path):
+    return cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+
+
+def test_demo_data_has_the_published_layout():
+    raw, masks = sorted((DEMO / "raw").glob("*.jpg")), sorted((DEMO / "masks").glob("*.png"))
+    assert len(raw) == len(masks) == 4
+    assert [p.stem for p in raw] == [p.stem for p in masks]
+    for frame, mask in zip(raw, masks, strict=True):
+        assert read(frame).shape == (256, 256, 3)
+        assert read(mask).shape == (256, 256, 3) and set(np.unique(read(mask))) == {0, 255}
+
+
+def test_demo_data_is_what_the_script_writes(tmp_path):
+    write_demo(tmp_path / "demo")
+    for sub, suffix in (("raw", "jpg"), ("masks", "png")):
+        made = sorted((tmp_path / "demo" / sub).glob(f"*.{suffix}"))
+        shipped = sorted((DEMO / sub).glob(f"*.{suffix}"))
+        assert [p.name for p in made] == [p.name for p in shipped]
+        for a, b in zip(made, shipped, strict=True):
+            assert np.abs(read(a).astype(int) - read(b)).mean() < 1.0, a.name
+
+
+def test_embedded_weights_are_small_and_chosen_by_default():
+    weights = ROOT / SMALL_WEIGHTS
+    assert weights.is_file() and weights.stat().st_size <= 20 * 2**20
+    if (ROOT / "models/nohands_weights.ckpt").is_file():
+        pytest.skip("the released weights are installed, so they are the default")
+    assert choose_model().checkpoint == weights
+
+
+def test_demo_with_the_embedded_model(tmp_path):
+    out = tmp_path / "output.png"
+    args = [str(DEMO), "--steps", "10", "--out", str(out)]
+    with single_thread():
+        assert (
+            demo_script.main(
+                [*args, "--checkpoint", str(ROOT / SMALL_WEIGHTS), "--config", str(ROOT / SMALL_CONFIG)]
+            )
+            == 0
+        )
+    grid = read(out)
+    assert grid.shape == (1024, 768, 3)
+    frames = [read(p) for p in sorted((DEMO / "raw").glob("*.jpg"))]
+    for row, frame in enumerate(frames):
+        mask = grid[row * 256 : (row + 1) * 256, 256:512, 0] > 127
+        result = grid[row * 256 : (row + 1) * 256, 512:]
+        assert np.array_equal(result[~mask], frame[~mask])
+        assert np.abs(result[mask].astype(int) - frame[mask]).mean() > 5, "the hand is replaced"
+
+
+def test_train_small_runs_resumes_and_installs(tmp_path):
+    """The documented training command with 2 steps per stage: trains, converts, then skips."""
+    command = [
+        sys.executable, str(ROOT / "scripts" / "train_small.py"), "--logdir", str(tmp_path / "logs"),
+        "--vq-steps", "2", "--vidm-steps", "2", "--out", str(tmp_path / "model.safetensors"),
+    ]  # fmt: skip
+    first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert (tmp_path / "model.safetensors").is_file()
+    assert len(list((tmp_path / "logs").glob("*/*/checkpoints/last.ckpt"))) == 2
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert again.returncode == 0 and again.stderr.count("finished") == 2, again.stderr[-2000:]
+    shutil.rmtree(tmp_path / "logs")
