@@ -7,6 +7,8 @@ Methods, in one run, on the same samples:
   telea              OpenCV inpainting (Telea) of the target frame
   temporal_copy      each masked pixel from the latest context frame where it is visible, Telea for the rest
   ldm_inpainting_big LDM's 2D inpainting model on the target frame (when its checkpoint is present)
+  autoencoder_bound  the true target through the model's first stage: what a perfect latent would score,
+                     an upper bound for any latent-diffusion method at this size
 
 Metrics: PSNR and SSIM over the masked region and the whole frame; LPIPS and FID when their networks
 are available locally. Writes OUT/results.json, OUT/results.md and OUT/grid.png.
@@ -70,15 +72,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dilation", type=int, default=7, help="mask dilation at 256 px (default 7)")
     parser.add_argument("--batch-size", type=positive_int, default=16)
     parser.add_argument(
-        "--methods", nargs="+", help="subset of vidm vidm_single_frame telea temporal_copy ldm_inpainting_big"
+        "--methods",
+        nargs="+",
+        help="subset of vidm vidm_single_frame telea temporal_copy autoencoder_bound ldm_inpainting_big",
     )
     visor = parser.add_argument_group("--data visor (NoHands validation windows)")
     visor.add_argument("--epic-root", default=os.environ.get("EPIC_ROOT"), help="default $EPIC_ROOT")
     visor.add_argument("--visor-root", default=os.environ.get("DATA_LOCATION"), help="default $DATA_LOCATION")
     visor.add_argument("--visor-files", default="data/no_hands_val.txt")
     add_model_arguments(parser)
-    add_sampling_arguments(parser)
-    parser.set_defaults(steps=50, eta=0.0)
+    add_sampling_arguments(parser, steps=50, eta=0.0)
     return parser.parse_args(argv)
 
 
@@ -110,6 +113,27 @@ def model_method(inpainter: Inpainter, resolution: int, batch_size: int, seed: i
     return run
 
 
+def autoencoder_method(inpainter: Inpainter, resolution: int, batch_size: int) -> Method:
+    """The ground truth through the first stage, resized back and pasted like the model's output."""
+
+    def run(samples: list[EvalSample]) -> np.ndarray:
+        results = []
+        for start in range(0, len(samples), batch_size):
+            chunk = samples[start : start + batch_size]
+            targets = np.stack([to_model_scale(s.target, s.masks[-1], resolution)[0] for s in chunk])
+            decoded = inpainter.autoencode(targets)
+            height, width = chunk[0].target.shape[:2]
+            restored = np.stack([from_model_scale(d, height, width) for d in decoded])
+            results.append(
+                composite(
+                    np.stack([s.frames[-1] for s in chunk]), restored, np.stack([s.masks[-1] for s in chunk])
+                )
+            )
+        return np.concatenate(results)
+
+    return run
+
+
 def per_sample_method(fill: Callable[[EvalSample], np.ndarray]) -> Method:
     return lambda samples: np.stack([composite(s.frames[-1], fill(s), s.masks[-1]) for s in samples])
 
@@ -125,6 +149,7 @@ def build_methods(args: argparse.Namespace) -> tuple[dict[str, Method], int, str
         "vidm_single_frame": model_method(inpainter, resolution, args.batch_size, args.seed, "single"),
         "telea": per_sample_method(lambda s: telea(s.frames[-1], s.masks[-1])),
         "temporal_copy": per_sample_method(lambda s: temporal_copy(s.frames, s.masks)),
+        "autoencoder_bound": autoencoder_method(inpainter, resolution, args.batch_size),
     }
     if INPAINTING_BIG.checkpoint.is_file():
         big, big_resolution = load_model(INPAINTING_BIG, device, dtype, args.unsafe_load)

@@ -103,14 +103,15 @@ def test_evaluate_writes_results_table_and_grid(reference, tmp_path):
     assert evaluate(argv) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["n"] == 3
-    assert set(results["methods"]) == {"vidm", "vidm_single_frame", "telea", "temporal_copy"}
+    methods = {"vidm", "vidm_single_frame", "telea", "temporal_copy", "autoencoder_bound"}
+    assert set(results["methods"]) == methods
     for metrics in results["methods"].values():
         assert {"psnr_mask", "ssim_mask", "psnr", "ssim"} <= set(metrics)
         assert metrics["psnr"] > metrics["psnr_mask"] > 0
     assert results["methods"]["vidm"] != results["methods"]["vidm_single_frame"]
     assert "| telea |" in (out / "results.md").read_text()
     grid = cv2.imread(str(out / "grid.png"))
-    assert grid.shape[1] == 32 * (4 + 1 + 4 + 1) and grid.shape[0] == 20 + 3 * 32
+    assert grid.shape[1] == 32 * (4 + 1 + len(methods) + 1) and grid.shape[0] == 20 + 3 * 32
 
 
 def test_evaluate_rejects_unknown_methods(reference, tmp_path, capsys):

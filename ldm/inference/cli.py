@@ -46,14 +46,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int = 200, eta: float = 1.0) -> None:
     group = parser.add_argument_group("sampling")
     group.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
     group.add_argument(
         "--dtype", choices=list(DTYPES), default="fp32", help="precision (fp16 needs a GPU; default fp32)"
     )
-    group.add_argument("--steps", type=positive_int, default=200, help="DDIM steps (default 200)")
-    group.add_argument("--eta", type=non_negative_float, default=1.0, help="DDIM eta (default 1.0)")
+    group.add_argument("--steps", type=positive_int, default=steps, help=f"DDIM steps (default {steps})")
+    group.add_argument("--eta", type=non_negative_float, default=eta, help=f"DDIM eta (default {eta})")
     group.add_argument("--seed", type=int, default=0, help="random seed; same seed, same result (default 0)")
 
 

@@ -83,3 +83,11 @@ class Inpainter:
             )
             images = self.model.decode_first_stage(latents)
         return to_uint8(images)
+
+    @torch.no_grad()
+    def autoencode(self, images: np.ndarray) -> np.ndarray:
+        """Images (B,R,R,3) uint8 through the first stage (encode, quantise, decode), as uint8."""
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).float() / 127.5 - 1.0
+        with precision(self.device, self.dtype):
+            latents = self.model.encode_first_stage(rearrange(x, "b h w c -> b c h w"))
+            return to_uint8(self.model.decode_first_stage(latents))
