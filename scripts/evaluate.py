@@ -7,8 +7,8 @@ Methods, in one run, on the same samples:
   telea              OpenCV inpainting (Telea) of the target frame
   temporal_copy      each masked pixel from the latest context frame where it is visible, Telea for the rest
   ldm_inpainting_big LDM's 2D inpainting model on the target frame (when its checkpoint is present)
-  autoencoder_bound  the true target through the model's first stage: what a perfect latent would score,
-                     an upper bound for any latent-diffusion method at this size
+  autoencoder_bound  the true target through the model's first stage: what predicting its latent exactly
+                     would score, about the best a latent-diffusion model can do at this size
 
 Metrics: PSNR and SSIM over the masked region and the whole frame; LPIPS and FID when their networks
 are available locally. Writes OUT/results.json, OUT/results.md and OUT/grid.png.
@@ -124,11 +124,8 @@ def autoencoder_method(inpainter: Inpainter, resolution: int, batch_size: int) -
             decoded = inpainter.autoencode(targets)
             height, width = chunk[0].target.shape[:2]
             restored = np.stack([from_model_scale(d, height, width) for d in decoded])
-            results.append(
-                composite(
-                    np.stack([s.frames[-1] for s in chunk]), restored, np.stack([s.masks[-1] for s in chunk])
-                )
-            )
+            frames, masks = np.stack([s.frames[-1] for s in chunk]), np.stack([s.masks[-1] for s in chunk])
+            results.append(composite(frames, restored, masks))
         return np.concatenate(results)
 
     return run
