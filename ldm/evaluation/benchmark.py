@@ -56,6 +56,5 @@ def visor_samples(n: int, dataset_params: dict, seed: int = 0) -> Iterator[EvalS
     picks = np.random.default_rng(seed).choice(len(dataset), size=min(n, len(dataset)), replace=False)
     for index in picks:
         item = dataset[int(index)]
-        masks = item["mask"] > 0
-        frames = ((item["hand_images"] + 1) * 127.5).round().astype(np.uint8)
-        yield EvalSample(frames, masks, ((item["image"] + 1) * 127.5).round().astype(np.uint8))
+        frames, target = to_uint8((item["hand_images"] + 1) / 2), to_uint8((item["image"] + 1) / 2)
+        yield EvalSample(frames, item["mask"] > 0, target)

@@ -17,8 +17,13 @@ def model_batch(frames: np.ndarray, masks: np.ndarray, device: torch.device) -> 
     `hand_images` in [-1,1] with the masked pixels set to -1; `mask` is +1 where masked, -1 elsewhere.
     """
     mask = torch.from_numpy(np.ascontiguousarray(masks)).to(device)
-    images = torch.from_numpy(np.ascontiguousarray(frames)).to(device).float() / 127.5 - 1.0
+    images = to_model_pixels(frames, device)
     return {"hand_images": images.masked_fill(mask[..., None], -1.0), "mask": mask.float() * 2.0 - 1.0}
+
+
+def to_model_pixels(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 images (..., 3) → float tensor in [-1,1] on `device`, channels still last."""
+    return torch.from_numpy(np.ascontiguousarray(images)).to(device).float() / 127.5 - 1.0
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -87,7 +92,7 @@ class Inpainter:
     @torch.no_grad()
     def autoencode(self, images: np.ndarray) -> np.ndarray:
         """Images (B,R,R,3) uint8 through the first stage (encode, quantise, decode), as uint8."""
-        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).float() / 127.5 - 1.0
+        x = to_model_pixels(images, self.device)
         with precision(self.device, self.dtype):
             latents = self.model.encode_first_stage(rearrange(x, "b h w c -> b c h w"))
             return to_uint8(self.model.decode_first_stage(latents))
