@@ -33,7 +33,7 @@ import torch
 from lightning_fabric.utilities.seed import pl_worker_init_function
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
-from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.callbacks import Callback, Checkpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_only
@@ -326,13 +326,14 @@ def default_callbacks(paths: RunPaths, monitor: str | None) -> dict[str, dict]:
             "params": {
                 "dirpath": str(paths.ckptdir),
                 "filename": "best-{epoch:06}-{step:09}",
-                "save_last": True,
+                "save_last": False,
                 "monitor": monitor,
                 "mode": "min",
                 "save_top_k": 1 if monitor else 0,
                 "verbose": True,
             },
         },
+        "last_checkpoint": {"target": "main.LastCheckpoint", "params": {"dirpath": str(paths.ckptdir)}},
     }
 
 
@@ -450,12 +451,7 @@ class DataModuleFromConfig(pl.LightningDataModule):
 
 
 class SetupCallback(Callback):
-    """Creates the run directory and saves the merged configs into configs/ (global rank zero).
-
-    After an exception in a single-process fit it saves checkpoints/last.ckpt, so an interrupted
-    run (Ctrl-C) can be resumed. Multi-process runs rely on the regular checkpoints: saving there
-    needs every process, which an exception in one of them cannot promise.
-    """
+    """Creates the run directory and saves the merged configs into configs/ (global rank zero)."""
 
     def __init__(self, paths: RunPaths, now: str, config: DictConfig, lightning_config: DictConfig):
         super().__init__()
@@ -476,15 +472,57 @@ class SetupCallback(Callback):
         )
         log.info("run directory %s", self.paths.logdir)
 
+
+class LastCheckpoint(Checkpoint):
+    """Keeps `dirpath`/last.ckpt at the latest state: after every validation and epoch (and every
+    `every_n_train_steps` steps if set), at the end of training, and after an exception in a
+    single-process fit (Ctrl-C), so `--resume` continues from there (ModelCheckpoint's save_last
+    only follows its best checkpoints). Being a Checkpoint, it runs after the ModelCheckpoint listed
+    before it, so what it saves includes the latest best. Multi-process runs skip the exception
+    save: it needs every process, which an exception in one of them cannot promise.
+    """
+
+    def __init__(self, dirpath: str, every_n_train_steps: int = 0):
+        super().__init__()
+        self.path = Path(dirpath) / LAST_CHECKPOINT
+        self.every_n_train_steps = every_n_train_steps
+        self.saved_step = -1
+
+    def save(self, trainer: pl.Trainer) -> None:
+        if trainer.global_step > 0 and trainer.global_step != self.saved_step:
+            trainer.save_checkpoint(self.path, weights_only=False)
+            self.saved_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if self.every_n_train_steps and trainer.global_step % self.every_n_train_steps == 0:
+            self.save(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # At the end of an epoch ModelCheckpoint saves in on_train_epoch_end: follow it there.
+        if (
+            trainer.state.fn == TrainerFn.FITTING
+            and not trainer.sanity_checking
+            and not trainer.is_last_batch
+        ):
+            self.save(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.save(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.save(trainer)
+
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         if trainer.world_size == 1 and trainer.state.fn == TrainerFn.FITTING and trainer.global_step > 0:
-            path = self.paths.ckptdir / LAST_CHECKPOINT
             log.warning(
-                "%s: saving the state at step %d to %s", type(exception).__name__, trainer.global_step, path
+                "%s: saving the state at step %d to %s",
+                type(exception).__name__,
+                trainer.global_step,
+                self.path,
             )
-            trainer.save_checkpoint(path, weights_only=False)
+            trainer.save_checkpoint(self.path, weights_only=False)
 
 
 class ImageLogger(Callback):

@@ -144,8 +144,10 @@ def test_callbacks_follow_the_lightning_config(tmp_path):
     )
     assert image_logger.save_dir == str(paths.imgdir)
     checkpoint = by_type[ModelCheckpoint]
-    assert checkpoint.monitor == "val/loss_ema" and checkpoint.save_last and checkpoint.save_top_k == 1
+    assert checkpoint.monitor == "val/loss_ema" and checkpoint.save_top_k == 1
     assert Path(checkpoint.dirpath) == paths.ckptdir
+    assert by_type[main.LastCheckpoint].path == paths.ckptdir / "last.ckpt"
+    assert callbacks.index(by_type[main.LastCheckpoint]) > callbacks.index(checkpoint)
     assert isinstance(by_type[LearningRateMonitor], LearningRateMonitor) and callbacks[0] is setup
 
     user = OmegaConf.create(
@@ -160,7 +162,7 @@ def test_callbacks_follow_the_lightning_config(tmp_path):
     )
     callbacks = main.build_callbacks(user, paths, None, setup)
     names = [type(c).__name__ for c in callbacks]
-    assert names == ["SetupCallback", "LearningRateMonitor", "ModelCheckpoint", "Timer"]
+    assert names == ["SetupCallback", "LearningRateMonitor", "ModelCheckpoint", "LastCheckpoint", "Timer"]
     assert callbacks[1].logging_interval == "epoch"
     assert callbacks[2]._every_n_train_steps == 100 and callbacks[2].save_top_k == 0
 

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from ldm.checkpoint import CheckpointError
 from ldm.util import instantiate_from_config
-from main import RunPaths, SetupCallback, build_model
+from main import LastCheckpoint, RunPaths, SetupCallback, build_model
 from tests.conftest import ROOT
 
 TINY_CONFIG = ROOT / "configs" / "inpaint_4frame_tiny.yaml"
@@ -219,9 +219,44 @@ def test_interrupted_single_process_run_saves_last_checkpoint(tmp_path):
     """Ctrl-C (KeyboardInterrupt) during a fit leaves checkpoints/last.ckpt at the current step."""
     paths = RunPaths(tmp_path / "run")
     setup = SetupCallback(paths, "now", OmegaConf.create(), OmegaConf.create())
-    trainer = quiet_trainer(max_steps=5, limit_val_batches=0, callbacks=[setup, InterruptAtStep(2)])
+    last = LastCheckpoint(str(paths.ckptdir))
+    trainer = quiet_trainer(
+        max_steps=5,
+        limit_val_batches=0,
+        enable_checkpointing=True,
+        callbacks=[setup, last, InterruptAtStep(2)],
+    )
     with pytest.raises(SystemExit):  # Lightning's graceful shutdown after KeyboardInterrupt
         trainer.fit(tiny_model(), batch_loader(synthetic_batch(), 5))
     saved = torch.load(paths.ckptdir / "last.ckpt", weights_only=True)
     assert saved["global_step"] == 2 and int(saved["state_dict"]["model_ema.num_updates"]) == 2
     assert sorted(p.name for p in paths.cfgdir.iterdir()) == ["now-lightning.yaml", "now-project.yaml"]
+
+
+class RecordLastCheckpointStep(pl.Callback):
+    """The global_step stored in last.ckpt, read at the start of every training batch."""
+
+    def __init__(self, path):
+        self.path, self.steps = path, []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.path.is_file():
+            self.steps.append(torch.load(self.path, weights_only=True)["global_step"])
+
+
+@pytest.mark.parametrize("every, expected", [(0, [2, 2, 4]), (3, [2, 3, 4])])
+def test_last_checkpoint_follows_every_validation_and_the_end(tmp_path, every, expected):
+    """last.ckpt holds the latest validated (or every-n) step during the fit and the final step
+    after it, whatever the monitored metric did (ModelCheckpoint's own save_last does not)."""
+    last = LastCheckpoint(str(tmp_path), every_n_train_steps=every)
+    record = RecordLastCheckpointStep(tmp_path / "last.ckpt")
+    trainer = quiet_trainer(
+        max_steps=5,
+        val_check_interval=2,
+        limit_val_batches=1,
+        enable_checkpointing=True,
+        callbacks=[last, record],
+    )
+    trainer.fit(tiny_model(), batch_loader(synthetic_batch(), 5), batch_loader(synthetic_batch(), 1))
+    assert record.steps == expected
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 5
