@@ -522,7 +522,7 @@ class LastCheckpoint(Checkpoint):
                 trainer.global_step,
                 self.path,
             )
-            trainer.save_checkpoint(self.path, weights_only=False)
+            self.save(trainer)
 
 
 class ImageLogger(Callback):

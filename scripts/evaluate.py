@@ -85,50 +85,55 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def model_method(inpainter: Inpainter, resolution: int, batch_size: int, seed: int, mode: str) -> Method:
-    """A model as a method: `multi` (target + context), `single` (context = masked target) or `image` (2D model)."""
+def chunked_method(
+    batch_size: int, desc: str, predict: Callable[[list[EvalSample], int], np.ndarray]
+) -> Method:
+    """A method that fills `batch_size` samples at a time: `predict(chunk, start)` gives images at
+    the model's scale, which are resized back and pasted into each target's mask."""
 
     def run(samples: list[EvalSample]) -> np.ndarray:
         results = []
-        for start in tqdm(range(0, len(samples), batch_size), desc=mode, leave=False):
+        for start in tqdm(range(0, len(samples), batch_size), desc=desc, leave=False):
             chunk = samples[start : start + batch_size]
-            frames, masks = np.stack([s.frames for s in chunk]), np.stack([s.masks for s in chunk])
-            if mode == "single":
-                frames = np.repeat(frames[:, -1:], frames.shape[1], axis=1)
-                masks = np.repeat(masks[:, -1:], masks.shape[1], axis=1)
-            scaled = [
-                [to_model_scale(f, m, resolution) for f, m in zip(fs, ms, strict=True)]
-                for fs, ms in zip(frames, masks, strict=True)
-            ]
-            model_frames = np.stack([[f for f, _ in seq] for seq in scaled])
-            model_masks = np.stack([[m for _, m in seq] for seq in scaled])
-            if mode == "image":
-                model_frames, model_masks = model_frames[:, -1], model_masks[:, -1]
-            generator = seeded_generator(inpainter.device, seed, start)
-            predicted = inpainter(model_frames, model_masks, generator)
-            predicted = np.stack([from_model_scale(p, *frames.shape[2:4]) for p in predicted])
-            results.append(composite(frames[:, -1], predicted, masks[:, -1]))
+            height, width = chunk[0].target.shape[:2]
+            predicted = np.stack([from_model_scale(p, height, width) for p in predict(chunk, start)])
+            frames, masks = np.stack([s.frames[-1] for s in chunk]), np.stack([s.masks[-1] for s in chunk])
+            results.append(composite(frames, predicted, masks))
         return np.concatenate(results)
 
     return run
+
+
+def model_method(inpainter: Inpainter, resolution: int, batch_size: int, seed: int, mode: str) -> Method:
+    """A model as a method: `multi` (target + context), `single` (context = masked target) or `image` (2D model)."""
+
+    def predict(chunk: list[EvalSample], start: int) -> np.ndarray:
+        frames, masks = np.stack([s.frames for s in chunk]), np.stack([s.masks for s in chunk])
+        if mode == "single":
+            frames = np.repeat(frames[:, -1:], frames.shape[1], axis=1)
+            masks = np.repeat(masks[:, -1:], masks.shape[1], axis=1)
+        scaled = [
+            [to_model_scale(f, m, resolution) for f, m in zip(fs, ms, strict=True)]
+            for fs, ms in zip(frames, masks, strict=True)
+        ]
+        model_frames = np.stack([[f for f, _ in seq] for seq in scaled])
+        model_masks = np.stack([[m for _, m in seq] for seq in scaled])
+        if mode == "image":
+            model_frames, model_masks = model_frames[:, -1], model_masks[:, -1]
+        return inpainter(model_frames, model_masks, seeded_generator(inpainter.device, seed, start))
+
+    return chunked_method(batch_size, mode, predict)
 
 
 def autoencoder_method(inpainter: Inpainter, resolution: int, batch_size: int) -> Method:
     """The ground truth through the first stage, resized back and pasted like the model's output."""
 
-    def run(samples: list[EvalSample]) -> np.ndarray:
-        results = []
-        for start in range(0, len(samples), batch_size):
-            chunk = samples[start : start + batch_size]
-            targets = np.stack([to_model_scale(s.target, s.masks[-1], resolution)[0] for s in chunk])
-            decoded = inpainter.autoencode(targets)
-            height, width = chunk[0].target.shape[:2]
-            restored = np.stack([from_model_scale(d, height, width) for d in decoded])
-            frames, masks = np.stack([s.frames[-1] for s in chunk]), np.stack([s.masks[-1] for s in chunk])
-            results.append(composite(frames, restored, masks))
-        return np.concatenate(results)
+    def predict(chunk: list[EvalSample], start: int) -> np.ndarray:
+        return inpainter.autoencode(
+            np.stack([to_model_scale(s.target, s.masks[-1], resolution)[0] for s in chunk])
+        )
 
-    return run
+    return chunked_method(batch_size, "autoencoder", predict)
 
 
 def per_sample_method(fill: Callable[[EvalSample], np.ndarray]) -> Method:
