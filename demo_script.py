@@ -22,7 +22,7 @@ from ldm.inference.cli import (
 from ldm.inference.demo import demo_grid, inpaint_demo, read_demo_folder
 from ldm.inference.images import write_image_atomic
 from ldm.inference.inpainter import Inpainter, seeded_generator
-from ldm.inference.model_choice import choose_model, load_model
+from ldm.inference.model import choose_model, load_model
 
 log = logging.getLogger("demo_script")
 

@@ -43,8 +43,8 @@ from torch.utils.data import DataLoader, Dataset
 from yaml import YAMLError
 
 from ldm.checkpoint import CheckpointError, load_state_into, read_state_dict
-from ldm.util import instantiate_from_config
-from ldm.utils.image_grid import image_grid, save_image, to_uint8
+from ldm.util import instantiate_from_config, to_uint8
+from ldm.utils.image_grid import image_grid, save_image
 
 log = logging.getLogger("main")
 

@@ -1,4 +1,7 @@
-"""Reading checkpoints safely and loading them into models (one path for every command)."""
+"""Reading checkpoints safely and loading state dicts into modules (one path for every command).
+
+This module knows the file formats and the released checkpoints' key layout, not the model classes.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ldm.modules.ema import shadow_name
+from ldm.util import first_line
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +23,11 @@ FIRST_STAGE_PREFIX = "first_stage_model."
 CONDITIONER_PREFIX = "cond_stage_model."
 CONDITIONER_COPY_PREFIX = CONDITIONER_PREFIX + "first_stage_model."
 SAFETENSORS_SUFFIXES = (".safetensors",)
+
+
+def shadow_name(param_name: str) -> str:
+    """LDM's EMA buffer name for a parameter: the dotted name with the dots removed."""
+    return param_name.replace(".", "")
 
 
 class CheckpointError(RuntimeError):
@@ -48,13 +56,8 @@ def read_state_dict(path: str | Path, unsafe: bool = False) -> dict[str, torch.T
                 f"{path}: holds pickled objects other than tensors, refused for safety; "
                 "re-run with --unsafe-load only if you trust this file"
             ) from None
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(err)})") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first_line(err)})") from None
     return _extract_state_dict(ckpt, path)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -64,7 +67,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(err)})") from None
+        raise CheckpointError(f"{path}: not a readable safetensors file ({first_line(err)})") from None
 
 
 def _extract_state_dict(ckpt: object, path: Path) -> dict[str, torch.Tensor]:
@@ -115,10 +118,13 @@ def load_state_into(
     source: str | Path,
     strict: bool = True,
     allow_missing: tuple[str, ...] = (),
+    assign: bool = False,
 ) -> None:
     """`model.load_state_dict(state)`, failing with one line that lists the first mismatching keys.
 
-    Keys that start with a prefix in `allow_missing` may be absent even when `strict`.
+    Keys that start with a prefix in `allow_missing` may be absent even when `strict`. `assign`
+    makes the module hold the given tensors instead of copying them (for a model built on the meta
+    device).
     """
     own = model.state_dict()
     shapes = [
@@ -134,7 +140,7 @@ def load_state_into(
         )
     if missing or unexpected:
         log.info("%s: %s", source, describe_mismatch(missing, unexpected, []))
-    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False, assign=assign)
 
 
 def load_model_weights(
@@ -150,44 +156,3 @@ def load_model_weights(
         k: v for k, v in read_state_dict(path, unsafe=unsafe).items() if not (ignore and k.startswith(ignore))
     }
     load_state_into(model, state, path, strict=strict)
-
-
-def _without_ckpt_paths(model_config: Mapping) -> dict:
-    """The model config with the weight-file references removed (the checkpoint supplies them)."""
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.to_container(OmegaConf.create(model_config), resolve=True)
-    params = cfg.setdefault("params", {})
-    params.pop("ckpt_path", None)
-    params.get("first_stage_config", {}).get("params", {}).pop("ckpt_path", None)
-    return cfg
-
-
-def load_inference_model(
-    model_config: Mapping,
-    checkpoint: str | Path,
-    device: str | torch.device = "cpu",
-    unsafe: bool = False,
-) -> nn.Module:
-    """Build the model from its config and load a checkpoint's EMA weights for inference.
-
-    Accepts the released Lightning checkpoint (EMA buffers replace the training weights, which are
-    never copied) or a file from scripts/convert_checkpoint.py. The model is returned in eval mode,
-    without an EMA copy, on `device`.
-    """
-    from ldm.models.diffusion.ddpm import SCHEDULE_BUFFERS
-    from ldm.util import instantiate_from_config
-
-    cfg = _without_ckpt_paths(model_config)
-    cfg["params"]["use_ema"] = False
-    model = instantiate_from_config(cfg)
-    state = ema_as_model_weights(read_state_dict(checkpoint, unsafe=unsafe))
-    allow_missing: tuple[str, ...] = SCHEDULE_BUFFERS
-    if cfg["params"].get("cond_stage_config", {}).get("with_first_stage"):
-        # The conditioner holds the first stage and nothing else: its weights come from
-        # first_stage_model.* whether the file repeats them as cond_stage_model.first_stage_model.*
-        # (VIDM) or as cond_stage_model.* (LDM inpainting_big, whose conditioner is the first stage).
-        state = {k: v for k, v in state.items() if not k.startswith(CONDITIONER_PREFIX)}
-        allow_missing += (CONDITIONER_PREFIX,)
-    load_state_into(model, state, checkpoint, allow_missing=allow_missing)
-    return model.eval().to(device)

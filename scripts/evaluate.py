@@ -44,11 +44,16 @@ from ldm.inference.cli import (
     run_command,
     setup_logging,
 )
-from ldm.inference.errors import InputError
-from ldm.inference.imageops import composite, from_model_scale, scaled_dilation, to_model_scale
-from ldm.inference.images import write_image_atomic
+from ldm.inference.images import (
+    composite,
+    from_model_scale,
+    scaled_dilation,
+    to_model_scale,
+    write_image_atomic,
+)
 from ldm.inference.inpainter import Inpainter, seeded_generator
-from ldm.inference.model_choice import REPO_ROOT, ModelChoice, choose_model, load_model
+from ldm.inference.model import REPO_ROOT, ModelChoice, choose_model, load_model
+from ldm.util import InputError
 
 log = logging.getLogger("evaluate")
 

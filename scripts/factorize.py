@@ -26,9 +26,9 @@ from ldm.inference.cli import (
     run_command,
     setup_logging,
 )
-from ldm.inference.factorizer import FactorizeOptions, factorize
+from ldm.inference.factorize import FactorizeOptions, factorize
 from ldm.inference.jobs import DEFAULT_FPS, FactorizeJob, read_job_list
-from ldm.inference.model_choice import choose_model
+from ldm.inference.model import choose_model
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -9,7 +9,8 @@ import sys
 import pytest
 import torch
 
-from ldm.checkpoint import CheckpointError, load_inference_model, load_model_weights, read_state_dict
+from ldm.checkpoint import CheckpointError, load_model_weights, read_state_dict
+from ldm.inference.model import load_inference_model, prepare_for_inference
 from ldm.util import instantiate_from_config
 from tests.conftest import ROOT
 
@@ -113,6 +114,8 @@ def test_fp16_conversion_halves_the_file(reference, tmp_path):
     subprocess.run([sys.executable, script, str(ckpt), str(half), "--fp16"], check=True, cwd=ROOT)
     assert half.stat().st_size < 0.55 * full.stat().st_size
     model = load_inference_model(reference["config"], half)
+    assert model.model.diffusion_model.out[4].weight.dtype == torch.float16, "the file's tensors, not copies"
+    model = prepare_for_inference(model, "cpu", torch.float32)
     assert model.model.diffusion_model.out[4].weight.dtype == torch.float32
 
 

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 import demo_script
-import ldm.inference.model_choice as model_choice
+import ldm.inference.model as model_choice
 from tests.test_inference_support import (
     ORIGINAL_DEMO,
     assert_one_error_line,

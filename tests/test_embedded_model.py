@@ -13,7 +13,7 @@ import pytest
 import demo_script
 from ldm.evaluation.metrics import psnr
 from ldm.inference.inpainter import Inpainter
-from ldm.inference.model_choice import SMALL_CONFIG, SMALL_WEIGHTS, ModelChoice, choose_model, load_model
+from ldm.inference.model import SMALL_CONFIG, SMALL_WEIGHTS, ModelChoice, choose_model, load_model
 from tests.conftest import ROOT
 from tests.test_inference_support import single_thread
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
+from ldm.inference.factorize import FrameStream
 from ldm.inference.jobs import FactorizeJob, context_indices, needed_frames, plan_batches, read_job_list
-from ldm.inference.streaming import FrameStream
 from tests.conftest import ROOT
 from tests.test_inference_support import (
     assert_one_error_line,
@@ -187,6 +187,33 @@ def test_stream_gives_the_right_context_and_keeps_few_frames(tmp_path):
     assert stream.peak_kept <= 3 * skip + widest_batch + batch  # contexts + batch span + full-size targets
 
 
+def test_results_do_not_depend_on_the_batch_size_or_a_resume(small, tmp_path):
+    """Each frame draws its noise from its own seeded generator (per-batch seeds made a frame's result
+    depend on which frames shared its batch)."""
+    frames, masks = write_sequence(tmp_path / "seq", 5, height=32, width=32)
+    common = [
+        "--frames",
+        frames,
+        "--masks",
+        masks,
+        *small,
+        "--steps",
+        "4",
+        "--frame-skip",
+        "2",
+        "--device",
+        "cpu",
+    ]
+    assert factorize(*common, "--out", tmp_path / "one", "--batch-size", "1") == 0
+    assert factorize(*common, "--out", tmp_path / "three", "--batch-size", "3") == 0
+    (tmp_path / "three" / "environment" / "00002.png").unlink()  # resumed: frame 2 now opens a batch
+    assert factorize(*common, "--out", tmp_path / "three", "--batch-size", "3") == 0
+    one, three = layer_files(tmp_path / "one", "environment"), layer_files(tmp_path / "three", "environment")
+    assert len(one) == len(three) == 5
+    for a, b in zip(one, three, strict=True):
+        assert np.array_equal(read_rgb(a), read_rgb(b)), a.name
+
+
 def test_two_processes_with_ddp_share_the_frames_and_match_one(reference, tmp_path):
     config, checkpoint = write_small_model(tmp_path / "model", reference)
     frames, masks = write_sequence(tmp_path / "seq", 8, height=32, width=32)
@@ -203,7 +230,7 @@ def test_two_processes_with_ddp_share_the_frames_and_match_one(reference, tmp_pa
         layer_files(tmp_path / "two", "environment"),
         strict=True,
     ):
-        assert np.array_equal(read_rgb(one), read_rgb(two))  # per-batch seeds: the same on any device count
+        assert np.array_equal(read_rgb(one), read_rgb(two))  # per-frame seeds: the same on any device count
 
 
 def unreadable_frame(seq, args):

@@ -11,11 +11,23 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ldm.inference.errors import InputError
-from ldm.inference.imageops import mask_at_frame, model_scale_size, to_model_scale
-from ldm.inference.images import list_images, read_frame, read_mask, write_image_atomic
-from ldm.inference.inpainter import Inpainter, check_ddim_steps, model_batch, seeded_generator
-from ldm.inference.model_choice import (
+from ldm.inference.images import (
+    list_images,
+    mask_at_frame,
+    model_scale_size,
+    read_frame,
+    read_mask,
+    to_model_scale,
+    write_image_atomic,
+)
+from ldm.inference.inpainter import (
+    Inpainter,
+    inpaint_tiles,
+    model_batch,
+    seeded_generator,
+    tile_starts,
+)
+from ldm.inference.model import (
     OFFICIAL_CONFIG,
     OFFICIAL_WEIGHTS,
     SMALL_CONFIG,
@@ -24,10 +36,12 @@ from ldm.inference.model_choice import (
     choose_model,
     load_model,
     model_resolution,
+    prepare_for_inference,
     read_model_config,
+    resolve_device,
+    resolve_dtype,
 )
-from ldm.inference.runtime import cast_weights, resolve_device, resolve_dtype
-from ldm.inference.windows import inpaint_windows, window_starts
+from ldm.util import InputError
 from tests.conftest import ROOT
 from tests.test_inference_support import scene, single_thread, write_small_model
 
@@ -99,7 +113,7 @@ def test_device_and_dtype_choice():
 
 
 def test_bf16_weights_keep_norms_and_schedule_in_float32(small_model):
-    cast_weights(small_model, torch.bfloat16)
+    prepare_for_inference(small_model, "cpu", torch.bfloat16)
     unet = small_model.model.diffusion_model
     assert unet.input_blocks[0][0].weight.dtype == torch.bfloat16
     assert small_model.first_stage_model.encoder.conv_in.weight.dtype == torch.bfloat16
@@ -155,31 +169,57 @@ def test_same_seed_same_result_other_seed_other_result(small_model):
     assert not np.array_equal(first, other)
 
 
-def test_ddim_steps_outside_the_schedule_are_refused():
+def test_ddim_steps_outside_the_schedule_are_refused(small_model):
     for steps in (1, 3, 4, 9, 10, 50, 200, 1000):
-        check_ddim_steps(steps, 1000)
+        Inpainter(small_model, steps=steps)
     for steps in (0, -1, 1001):
-        with pytest.raises(InputError, match=f"--steps {steps} does not fit"):
-            check_ddim_steps(steps, 1000)
+        with pytest.raises(InputError, match=f"--steps {steps}: {steps} DDIM steps do not fit the 1000-step"):
+            Inpainter(small_model, steps=steps)
 
 
-def test_window_starts_cover_with_overlap():
-    assert window_starts(32, 32) == [0]
+def test_tile_starts_cover_with_overlap():
+    assert tile_starts(32, 32) == [0]
     for length in (33, 48, 60, 64, 100, 455):
-        starts = window_starts(length, 32)
+        starts = tile_starts(length, 32)
         assert starts[0] == 0 and starts[-1] == length - 32
         gaps = np.diff(starts)
         assert np.all(gaps <= 32 - 32 // 8), (length, starts)
-    assert window_starts(455, 256) == [0, 199]
+    assert tile_starts(455, 256) == [0, 199]
+
+
+class RecordingInpainter:
+    """Stands in for the model: records each tile it is given and fills the hole from context frame 0."""
+
+    def __init__(self):
+        self.tiles: list[np.ndarray] = []
+
+    def __call__(self, frames, masks, generator=None, progress=False):
+        self.tiles.append(frames.copy())
+        return frames[:, 0]
+
+
+def test_portrait_frames_are_tiled_along_rows_in_their_own_orientation():
+    """The model must see a tall frame as it is (hands from the bottom), never transposed."""
+    frames = np.stack([np.stack([scene(t, 72, 32) for t in range(4)])])
+    masks = np.zeros(frames.shape[:-1], bool)
+    masks[0, :, 40:64, 8:24] = True
+    recorder = RecordingInpainter()
+    result = inpaint_tiles(recorder, frames, masks)
+    assert recorder.tiles
+    for tile in recorder.tiles:
+        assert tile.shape[2:4] == (32, 32)
+        crops = [frames[0, 0, top : top + 32] for top in range(72 - 32 + 1)]
+        assert any(np.array_equal(tile[0, 0], crop) for crop in crops), "a tile is a crop, not transposed"
+    assert np.array_equal(result[0], np.where(masks[0, -1, ..., None], frames[0, 0], frames[0, -1]))
 
 
 @pytest.mark.parametrize("height, width", [(32, 80), (72, 32)])
-def test_windows_inpaint_every_masked_pixel_of_wide_and_tall_frames(small_model, height, width):
+def test_tiles_inpaint_every_masked_pixel_of_wide_and_tall_frames(small_model, height, width):
     frames = np.stack([np.stack([scene(t, height, width) for t in range(4)])])
     masks = np.zeros(frames.shape[:-1], bool)
     masks[0, :, height // 3 :, width // 3 :] = True  # crosses every window boundary
     with single_thread():
-        result = inpaint_windows(
+        result = inpaint_tiles(
             Inpainter(small_model, steps=4), frames, masks, seeded_generator(torch.device("cpu"), 0)
         )
     target, mask = frames[0, -1], masks[0, -1]

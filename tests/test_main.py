@@ -19,7 +19,8 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch.utils.data import Dataset
 
 import main
-from ldm.utils.image_grid import image_grid, squarish_columns, to_uint8
+from ldm.util import to_uint8
+from ldm.utils.image_grid import image_grid, squarish_columns
 from tests.conftest import ROOT
 
 OFFICIAL = ROOT / "configs" / "inpaint_4frame.yaml"

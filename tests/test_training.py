@@ -164,6 +164,18 @@ def test_validation_reports_ema_losses_with_ema_weights():
     assert torch.all(final.bias == 5.0)
 
 
+def test_validation_scores_both_weights_on_the_same_timesteps_and_noise():
+    """With EMA weights equal to the training weights the two losses must be equal: any difference
+    would come from the draws, and would make the choice of the best checkpoint noisy."""
+    model = tiny_model()
+    final = model.model.diffusion_model.out[4]
+    with torch.no_grad():
+        final.bias.fill_(0.3)
+        model.model_ema.diffusion_modelout4bias.fill_(0.3)
+    metrics = quiet_trainer().validate(model, batch_loader(synthetic_batch(), 3), verbose=False)[0]
+    assert metrics["val/loss"] == metrics["val/loss_ema"]
+
+
 class FillWeights:
     """A stand-in initializer (the real one needs the 2 GB inpainting_big checkpoint)."""
 

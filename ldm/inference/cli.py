@@ -11,9 +11,15 @@ from pathlib import Path
 import torch
 
 from ldm.checkpoint import CheckpointError
-from ldm.inference.errors import InputError, first_line
-from ldm.inference.model_choice import OFFICIAL_CONFIG, OFFICIAL_WEIGHTS, SMALL_WEIGHTS
-from ldm.inference.runtime import DTYPES, resolve_device, resolve_dtype
+from ldm.inference.model import (
+    DTYPE_CHOICES,
+    OFFICIAL_CONFIG,
+    OFFICIAL_WEIGHTS,
+    SMALL_WEIGHTS,
+    resolve_device,
+    resolve_dtype,
+)
+from ldm.util import InputError, first_line
 
 
 def positive_int(text: str) -> int:
@@ -50,7 +56,11 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int = 200, et
     group = parser.add_argument_group("sampling")
     group.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
     group.add_argument(
-        "--dtype", choices=list(DTYPES), default="fp32", help="precision (fp16 needs a GPU; default fp32)"
+        "--dtype",
+        choices=DTYPE_CHOICES,
+        default="auto",
+        help="precision: auto (default) is bf16 where the hardware computes it natively (CUDA sm80+, "
+        "a CPU with AMX or AVX512-BF16), else fp32; fp16 needs a GPU",
     )
     group.add_argument("--steps", type=positive_int, default=steps, help=f"DDIM steps (default {steps})")
     group.add_argument("--eta", type=non_negative_float, default=eta, help=f"DDIM eta (default {eta})")

@@ -8,18 +8,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ldm.inference.errors import InputError
-from ldm.inference.imageops import (
+from ldm.inference.images import (
     PUBLISHED_SIZE,
-    centre_square,
     composite,
+    crop_centre_square,
     dilate_and_binarise,
     from_model_scale,
+    list_images,
+    read_frame,
+    read_mask,
     resize_area,
     to_model_scale,
 )
-from ldm.inference.images import list_images, read_frame, read_mask
 from ldm.inference.inpainter import Inpainter
+from ldm.util import InputError
 
 DEMO_FRAMES = 4
 ORDERS = ((1, 2, 3, 0), (0, 2, 3, 1), (0, 1, 3, 2), (0, 1, 2, 3))
@@ -29,7 +31,7 @@ MASK_SUFFIXES = (".png",)
 
 
 def _square(image: np.ndarray) -> np.ndarray:
-    return resize_area(centre_square(image), PUBLISHED_SIZE, PUBLISHED_SIZE)
+    return resize_area(crop_centre_square(image), PUBLISHED_SIZE, PUBLISHED_SIZE)
 
 
 def read_demo_folder(target: Path, dilation: int = 7) -> tuple[np.ndarray, np.ndarray]:

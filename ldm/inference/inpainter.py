@@ -1,18 +1,33 @@
-"""Sampling: frames and masks at the model's size in, the inpainted target frames out (numpy both ways)."""
+"""Sampling: frames and masks at the model's scale in, the inpainted target frames out (numpy both ways).
+
+Frames of any aspect ratio are inpainted in square tiles: the frame is scaled so that its short side
+is the model size R; R x R tiles then slide along the long side (along the columns of a landscape
+frame, the rows of a portrait one), evenly spaced and overlapping by at least R/8. Only tiles that
+still hold masked pixels are sampled. Within a tile, pixels that an earlier tile already inpainted
+count as known, so each tile continues its neighbour's content instead of meeting it at a seam.
+Context frames are cut to the same tile as their target.
+"""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from einops import rearrange
 from torch import nn
 
-from ldm.inference.errors import InputError
-from ldm.inference.runtime import precision
+from ldm.inference.model import precision
+from ldm.models.diffusion.ddim import Generators, ddim_timesteps
+from ldm.util import InputError, to_uint8
+
+MIN_OVERLAP_FRACTION = 8
+"""Tiles overlap by at least 1/8 of their side."""
 
 
 def model_batch(frames: np.ndarray, masks: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
-    """Frames (B,T,H,W,3) uint8 and bool masks (B,T,H,W) → the conditioner's batch (SPEC 3.1).
+    """Frames (B,T,H,W,3) uint8 and bool masks (B,T,H,W) → the conditioner's batch.
 
     `hand_images` in [-1,1] with the masked pixels set to -1; `mask` is +1 where masked, -1 elsewhere.
     """
@@ -26,24 +41,10 @@ def to_model_pixels(images: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).to(device).float() / 127.5 - 1.0
 
 
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """Decoded images (B,3,H,W) in ~[-1,1] → (B,H,W,3) uint8."""
-    pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return rearrange(pixels, "b c h w -> b h w c").cpu().numpy()
-
-
 def seeded_generator(device: torch.device, *seed: int) -> torch.Generator:
     """A generator on `device` seeded from one or more integers (e.g. seed, video, frame)."""
     value = int(np.random.SeedSequence([int(s) for s in seed]).generate_state(1, np.uint64)[0])
     return torch.Generator(device=device).manual_seed(value)
-
-
-def check_ddim_steps(steps: int, num_timesteps: int) -> None:
-    """Refuse step counts outside 1..T (the DDIM schedule takes any S in that range)."""
-    if not 0 < steps <= num_timesteps:
-        raise InputError(
-            f"--steps {steps} does not fit the {num_timesteps}-step schedule; use 1..{num_timesteps}"
-        )
 
 
 class Inpainter:
@@ -52,7 +53,10 @@ class Inpainter:
     def __init__(
         self, model: nn.Module, dtype: torch.dtype = torch.float32, steps: int = 200, eta: float = 1.0
     ):
-        check_ddim_steps(steps, model.num_timesteps)
+        try:
+            ddim_timesteps(steps, model.num_timesteps)
+        except ValueError as err:
+            raise InputError(f"--steps {steps}: {err}") from None
         self.model = model
         self.dtype = dtype
         self.steps = steps
@@ -67,7 +71,7 @@ class Inpainter:
         self,
         frames: np.ndarray,
         masks: np.ndarray,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         progress: bool = False,
     ) -> np.ndarray:
         """Frames (B,T,R,R,3) uint8 and bool masks (B,T,R,R) → decoded targets (B,R,R,3) uint8.
@@ -79,12 +83,7 @@ class Inpainter:
         with precision(self.device, self.dtype):
             cond = self.model.get_learned_conditioning(batch)
             latents, _ = self.model.sample_log(
-                cond,
-                batch_size=len(frames),
-                ddim_steps=self.steps,
-                eta=self.eta,
-                verbose=progress,
-                generator=generator,
+                cond, len(frames), ddim_steps=self.steps, eta=self.eta, verbose=progress, generator=generator
             )
             images = self.model.decode_first_stage(latents)
         return to_uint8(images)
@@ -96,3 +95,45 @@ class Inpainter:
         with precision(self.device, self.dtype):
             latents = self.model.encode_first_stage(rearrange(x, "b h w c -> b c h w"))
             return to_uint8(self.model.decode_first_stage(latents))
+
+
+def tile_starts(length: int, size: int) -> list[int]:
+    """Start offsets of `size`-long tiles that cover [0, length), evenly spaced, overlapping enough."""
+    if length <= size:
+        return [0]
+    stride = size - size // MIN_OVERLAP_FRACTION
+    count = math.ceil((length - size) / stride) + 1
+    return [round(i * (length - size) / (count - 1)) for i in range(count)]
+
+
+def _split(generator: Generators, todo: np.ndarray) -> Generators:
+    """The generators of the samples `todo` (a shared generator stays shared)."""
+    return [generator[i] for i in todo] if isinstance(generator, Sequence) else generator
+
+
+def inpaint_tiles(
+    inpainter: Inpainter,
+    frames: np.ndarray,
+    masks: np.ndarray,
+    generator: Generators = None,
+) -> np.ndarray:
+    """Frames (B,T,H,W,3) uint8 and bool masks (B,T,H,W) with min(H,W) the model size → the last
+    frames (B,H,W,3) with their masked pixels inpainted (other pixels unchanged)."""
+    height, width = frames.shape[2:4]
+    size = min(height, width)
+    target = frames[:, -1].copy()
+    remaining = masks[:, -1].copy()
+    for top in tile_starts(height, size):
+        for left in tile_starts(width, size):
+            rows, cols = slice(top, top + size), slice(left, left + size)
+            todo = np.flatnonzero(remaining[:, rows, cols].any(axis=(1, 2)))
+            if not len(todo):
+                continue
+            tile_frames = frames[todo][:, :, rows, cols].copy()
+            tile_masks = masks[todo][:, :, rows, cols].copy()
+            tile_frames[:, -1] = target[todo, rows, cols]
+            tile_masks[:, -1] = remaining[todo, rows, cols]
+            inpainted = inpainter(tile_frames, tile_masks, _split(generator, todo))
+            target[todo, rows, cols] = np.where(tile_masks[:, -1, ..., None], inpainted, tile_frames[:, -1])
+            remaining[todo, rows, cols] = False
+    return target

@@ -9,8 +9,8 @@ from pathlib import Path
 import imageio.v2 as imageio
 import numpy as np
 
-from ldm.inference.errors import InputError, first_line
 from ldm.inference.images import IMAGE_SUFFIXES, list_images, read_frame
+from ldm.util import InputError, first_line
 
 _VIDEO_ERRORS = (OSError, RuntimeError, ValueError, IndexError)
 

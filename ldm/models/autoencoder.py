@@ -9,6 +9,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from ldm.checkpoint import load_model_weights
 from ldm.modules.diffusionmodules.model import Decoder, Encoder
 from ldm.modules.vqvae.quantize import VectorQuantizer
 from ldm.util import instantiate_from_config
@@ -42,8 +43,6 @@ class VQModel(pl.LightningModule):
         self.quant_conv = nn.Conv2d(ddconfig["z_channels"], embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(embed_dim, ddconfig["z_channels"], 1)
         if ckpt_path is not None:
-            from ldm.checkpoint import load_model_weights
-
             load_model_weights(self, ckpt_path, strict=False)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

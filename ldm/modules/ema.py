@@ -7,10 +7,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-
-def shadow_name(param_name: str) -> str:
-    """LDM's buffer name for a parameter: the dotted name with the dots removed."""
-    return param_name.replace(".", "")
+from ldm.checkpoint import shadow_name
 
 
 class LitEma(nn.Module):
@@ -29,27 +26,40 @@ class LitEma(nn.Module):
                 self.register_buffer(self.shadow_names[name], param.detach().clone())
         self._stored: list[torch.Tensor] = []
 
+    def pairs(self, model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(shadows, parameters) of `model`, in the same order."""
+        shadows = dict(self.named_buffers())
+        named = [
+            (shadows[self.shadow_names[n]], p) for n, p in model.named_parameters() if n in self.shadow_names
+        ]
+        return [s for s, _ in named], [p for _, p in named]
+
     @torch.no_grad()
     def forward(self, model: nn.Module) -> None:
-        """Move every shadow towards the model's current parameter."""
+        """Move every shadow towards the model's current parameter (one foreach lerp)."""
         decay = float(self.decay)
         if self.num_updates >= 0:
             self.num_updates += 1
             n = int(self.num_updates)
             decay = min(decay, (1 + n) / (10 + n))
-        shadows = dict(self.named_buffers())
-        for name, param in model.named_parameters():
-            if name in self.shadow_names:
-                shadow = shadows[self.shadow_names[name]]
-                shadow.sub_((1.0 - decay) * (shadow - param.to(shadow.dtype)))
+        shadows, params = self.pairs(model)
+        if shadows:
+            torch._foreach_lerp_(
+                shadows, [p.to(s.dtype) for s, p in zip(shadows, params, strict=True)], 1.0 - decay
+            )
 
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:
         """Overwrite the model's parameters with the EMA values."""
+        shadows, params = self.pairs(model)
+        if shadows:
+            torch._foreach_copy_(params, shadows)
+
+    def as_parameters(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """{parameter name: EMA shadow} for `torch.func.functional_call(model, ...)`: the model run with
+        its EMA weights without copying them in."""
         shadows = dict(self.named_buffers())
-        for name, param in model.named_parameters():
-            if name in self.shadow_names:
-                param.copy_(shadows[self.shadow_names[name]])
+        return {name: shadows[shadow] for name, shadow in self.shadow_names.items()}
 
     def store(self, parameters: Iterable[torch.Tensor]) -> None:
         """Save copies of `parameters` to bring back with `restore`."""

@@ -1,8 +1,13 @@
-"""DDIM sampling (Song et al. 2021) for any DDPM/LatentDiffusion model, on any device."""
+"""DDIM sampling (Song et al. 2021) for any DDPM/LatentDiffusion model, on any device.
+
+`DDIMSchedule` holds the step sizes and does one update from a noise prediction (no model inside),
+so windows, guidance and batching can reuse it; `DDIMSampler` runs the model over the schedule.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +23,25 @@ def ddim_timesteps(num_steps: int, num_train_steps: int) -> np.ndarray:
     steps past the end of the schedule otherwise (S + 1 steps for S = 3; step T for S = T).
     """
     if not 0 < num_steps <= num_train_steps:
-        raise ValueError(f"DDIM steps must be in 1..{num_train_steps}, got {num_steps}")
+        raise ValueError(
+            f"{num_steps} DDIM steps do not fit the {num_train_steps}-step schedule; use 1..{num_train_steps}"
+        )
     steps = np.arange(num_steps) * (num_train_steps // num_steps) + 1
     return steps - 1 if steps[-1] >= num_train_steps else steps
+
+
+Generators = torch.Generator | Sequence[torch.Generator] | None
+"""One generator for a batch, one per sample (results independent of the batch), or none (global RNG)."""
+
+
+def randn(shape: Sequence[int], device: torch.device, generator: Generators = None) -> torch.Tensor:
+    """N(0, I) of `shape`, float32: from one generator or, given a sequence, each sample (first axis)
+    from its own generator."""
+    if isinstance(generator, Sequence):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+        return torch.stack([torch.randn(tuple(shape[1:]), device=device, generator=g) for g in generator])
+    return torch.randn(tuple(shape), device=device, generator=generator)
 
 
 @dataclass
@@ -40,6 +61,24 @@ class DDIMSchedule:
         sigmas = eta * np.sqrt((1 - alphas_prev) / (1 - alphas) * (1 - alphas / alphas_prev))
         return cls(steps.tolist(), alphas.tolist(), alphas_prev.tolist(), sigmas.tolist())
 
+    def __len__(self) -> int:
+        return len(self.timesteps)
+
+    def step(
+        self, eps: torch.Tensor, index: int, x: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_t → x_{t_prev} at schedule position `index` given the noise prediction `eps`; also returns
+        the predicted x_0. With eta > 0 the step adds σ·`noise`, which the caller draws (N(0, I))."""
+        a_t, a_prev, sigma = self.alphas[index], self.alphas_prev[index], self.sigmas[index]
+        eps = eps.to(x.dtype)
+        pred_x0 = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+        x_prev = math.sqrt(a_prev) * pred_x0 + math.sqrt(max(1 - a_prev - sigma**2, 0.0)) * eps
+        if sigma > 0:
+            if noise is None:
+                raise ValueError("a DDIM step with eta > 0 needs noise")
+            x_prev = x_prev + sigma * noise.to(x.dtype)
+        return x_prev, pred_x0
+
 
 class DDIMSampler:
     def __init__(self, model: Any):
@@ -55,41 +94,24 @@ class DDIMSampler:
         eta: float = 0.0,
         x_T: torch.Tensor | None = None,
         verbose: bool = False,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         log_every_t: int = 100,
     ) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
-        """Denoise from x_T (default N(0, I)) in S steps; returns (x_0, intermediates).
+        """Denoise from x_T (default N(0, I), float32) in S steps; returns (x_0, intermediates).
 
-        `verbose` shows a progress bar; `generator` makes the noise reproducible on any device.
+        `verbose` shows a progress bar; `generator` (one, or one per sample) makes the noise
+        reproducible on any device.
         """
         device = self.model.betas.device
         sched = DDIMSchedule.from_alphas_cumprod(self.model.alphas_cumprod, S, eta)
-        x = x_T if x_T is not None else torch.randn((batch_size, *shape), device=device, generator=generator)
+        x = x_T if x_T is not None else randn((batch_size, *shape), device, generator)
         intermediates: dict[str, list[torch.Tensor]] = {"x_inter": [x], "pred_x0": [x]}
         for i, index in enumerate(tqdm(range(S - 1, -1, -1), desc="DDIM", total=S, disable=not verbose)):
             t = torch.full((x.shape[0],), sched.timesteps[index], device=device, dtype=torch.long)
-            x, pred_x0 = self.step(x, t, conditioning, index, sched, generator)
+            eps = self.model.apply_model(x, t, conditioning)
+            noise = randn(x.shape, device, generator) if sched.sigmas[index] > 0 else None
+            x, pred_x0 = sched.step(eps, index, x, noise)
             if i % log_every_t == 0 or i == S - 1:
                 intermediates["x_inter"].append(x)
                 intermediates["pred_x0"].append(pred_x0)
         return x, intermediates
-
-    def step(
-        self,
-        x: torch.Tensor,
-        t: torch.Tensor,
-        cond: Any,
-        index: int,
-        sched: DDIMSchedule,
-        generator: torch.Generator | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One update x_t → x_{t_prev}; also returns the predicted x_0."""
-        e_t = self.model.apply_model(x, t, cond).to(x.dtype)
-        a_t, a_prev, sigma = sched.alphas[index], sched.alphas_prev[index], sched.sigmas[index]
-        pred_x0 = (x - math.sqrt(1 - a_t) * e_t) / math.sqrt(a_t)
-        x_prev = math.sqrt(a_prev) * pred_x0 + math.sqrt(max(1 - a_prev - sigma**2, 0.0)) * e_t
-        if sigma > 0:
-            x_prev = x_prev + sigma * torch.randn(
-                x.shape, device=x.device, dtype=x.dtype, generator=generator
-            )
-        return x_prev, pred_x0

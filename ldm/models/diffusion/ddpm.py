@@ -12,6 +12,7 @@ import torch
 from einops import rearrange, repeat
 from torch import nn
 
+from ldm.checkpoint import load_model_weights
 from ldm.modules.diffusionmodules.util import extract_into_tensor, make_beta_schedule
 from ldm.modules.ema import LitEma
 from ldm.util import instantiate_from_config
@@ -52,9 +53,10 @@ class DiffusionWrapper(nn.Module):
             return self.diffusion_model(x, t)
         if self.conditioning_key == "concat":
             return self.diffusion_model(torch.cat([x, *c_concat], dim=1), t)
-        c = torch.cat(list(c_concat), dim=2)
-        x = repeat(x, "b c h w -> b t c h w", t=c.shape[1])
-        return self.diffusion_model(rearrange(torch.cat([x, c], dim=2), "b t c h w -> b c t h w"), t)
+        c = rearrange(torch.cat(list(c_concat), dim=2), "b t c h w -> b t h w c")
+        x = repeat(x, "b c h w -> b t h w c", t=c.shape[1])
+        # Built channels-last, so the UNet's (B,C,T,H,W) input is a view in the layout it runs in.
+        return self.diffusion_model(rearrange(torch.cat([x, c], dim=-1), "b t h w c -> b c t h w"), t)
 
 
 class DDPM(pl.LightningModule):
@@ -107,10 +109,9 @@ class DDPM(pl.LightningModule):
         self.use_ema = use_ema
         if use_ema:
             self.model_ema = LitEma(self.model, decay=ema_decay)
+        self._ema_weights: dict[str, torch.Tensor] | None = None
         self.register_schedule(timesteps, linear_start, linear_end)
         if ckpt_path is not None:
-            from ldm.checkpoint import load_model_weights
-
             load_model_weights(self, ckpt_path, strict=False, ignore_keys=ignore_keys)
 
     def register_schedule(self, timesteps: int, linear_start: float, linear_end: float) -> None:
@@ -172,8 +173,15 @@ class DDPM(pl.LightningModule):
             return (target - pred).abs()
         return (target - pred) ** 2
 
-    def apply_model(self, x_noisy: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
-        return self.model(x_noisy, t) if cond is None else self.model(x_noisy, t, c_concat=[cond])
+    def apply_model(
+        self, x_noisy: torch.Tensor, t: torch.Tensor, cond: Any = None, weights: Mapping | None = None
+    ) -> torch.Tensor:
+        """The denoiser's noise prediction; `weights` ({parameter name: tensor}) runs it with other
+        weights, such as the EMA's, without copying them in."""
+        args = (x_noisy, t) if cond is None else (x_noisy, t, [cond])
+        if weights is None:
+            return self.model(*args)
+        return torch.func.functional_call(self.model, weights, args)
 
     def p_losses(
         self,
@@ -182,10 +190,12 @@ class DDPM(pl.LightningModule):
         t: torch.Tensor,
         noise: torch.Tensor | None = None,
         loss_mask: torch.Tensor | None = None,
+        weights: Mapping | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Denoising loss at steps t; `loss_mask` (B,1,h,w) zeroes positions that must not count."""
+        """Denoising loss at steps t; `loss_mask` (B,1,h,w) zeroes positions that must not count;
+        `weights` as in `apply_model`."""
         noise = torch.randn_like(x_start) if noise is None else noise
-        model_output = self.apply_model(self.q_sample(x_start, t, noise), t, cond)
+        model_output = self.apply_model(self.q_sample(x_start, t, noise), t, cond, weights)
         error = self.elementwise_loss(model_output, noise)
         if loss_mask is not None:
             error = error * loss_mask.to(error.dtype)
@@ -199,9 +209,12 @@ class DDPM(pl.LightningModule):
             f"{prefix}/loss": loss,
         }
 
+    def draw_timesteps(self, x: torch.Tensor) -> torch.Tensor:
+        """t ~ U{0..T-1}, one per sample."""
+        return torch.randint(0, self.num_timesteps, (x.shape[0],), device=x.device).long()
+
     def forward(self, x: torch.Tensor, c: Any = None, **kwargs: Any):
-        t = torch.randint(0, self.num_timesteps, (x.shape[0],), device=self.device).long()
-        return self.p_losses(x, c, t, **kwargs)
+        return self.p_losses(x, c, self.draw_timesteps(x), **kwargs)
 
     def get_input(self, batch: Mapping, k: str) -> torch.Tensor:
         """Channel-last batch entry (B,H,W,C) → contiguous float (B,C,H,W)."""
@@ -210,8 +223,13 @@ class DDPM(pl.LightningModule):
             x = x[..., None]
         return rearrange(x, "b h w c -> b c h w").contiguous().float()
 
+    def loss_inputs(self, batch: Mapping) -> tuple[torch.Tensor, Any, torch.Tensor | None]:
+        """(x_0, conditioning, loss mask (B,1,h,w) or None) of a batch."""
+        return self.get_input(batch, self.first_stage_key), None, None
+
     def shared_step(self, batch: Mapping) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return self(self.get_input(batch, self.first_stage_key))
+        x, cond, loss_mask = self.loss_inputs(batch)
+        return self(x, cond, loss_mask=loss_mask)
 
     def training_step(self, batch: Mapping, batch_idx: int) -> torch.Tensor:
         loss, loss_dict = self.shared_step(batch)
@@ -224,13 +242,22 @@ class DDPM(pl.LightningModule):
         if self.use_ema:
             self.model_ema(self.model)
 
+    def on_validation_epoch_start(self) -> None:
+        self._ema_weights = self.model_ema.as_parameters(self.model) if self.use_ema else None
+
+    def on_validation_epoch_end(self) -> None:
+        self._ema_weights = None
+
     @torch.no_grad()
     def validation_step(self, batch: Mapping, batch_idx: int) -> None:
-        batch_size = len(batch[self.first_stage_key])
-        _, loss_dict = self.shared_step(batch)
-        with self.ema_scope():
-            _, loss_dict_ema = self.shared_step(batch)
+        """val/* with the training weights and val/*_ema with the EMA weights, on the same timesteps
+        and noise, so that the two differ only by the weights."""
+        x, cond, loss_mask = self.loss_inputs(batch)
+        t, noise = self.draw_timesteps(x), torch.randn_like(x)
+        _, loss_dict = self.p_losses(x, cond, t, noise, loss_mask)
+        _, loss_dict_ema = self.p_losses(x, cond, t, noise, loss_mask, weights=self._ema_weights)
         loss_dict.update({f"{key}_ema": value for key, value in loss_dict_ema.items()})
+        batch_size = len(batch[self.first_stage_key])
         self.log_dict(loss_dict, on_step=False, on_epoch=True, sync_dist=True, batch_size=batch_size)
 
     def trainable_parameters(self) -> list[nn.Parameter]:

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ldm.checkpoint import load_model_weights
+from ldm.models.diffusion.ddim import DDIMSampler
 from ldm.models.diffusion.ddpm import DDPM
 from ldm.util import instantiate_from_config
 
@@ -55,8 +57,6 @@ class LatentDiffusion(DDPM):
         self.cond_stage_model = self._frozen(instantiate_from_config(cond_stage_config, **extra))
         self.image_logger = instantiate_from_config(log_config) if log_config is not None else None
         if ckpt_path is not None:
-            from ldm.checkpoint import load_model_weights
-
             load_model_weights(self, ckpt_path, strict=False, ignore_keys=ignore_keys)
 
     @staticmethod
@@ -97,20 +97,16 @@ class LatentDiffusion(DDPM):
             out.extend([x, self.decode_first_stage(z)])
         return out
 
-    def shared_step(self, batch: Mapping) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x, c = self.get_input(batch, self.first_stage_key)
+    def loss_inputs(self, batch: Mapping) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        z, c = self.get_input(batch, self.first_stage_key)
         loss_mask = batch.get("loss_mask")
-        if loss_mask is not None:
-            loss_mask = loss_mask.unsqueeze(1)
-        return self(x, c, loss_mask=loss_mask)
+        return z, c, None if loss_mask is None else loss_mask.unsqueeze(1)
 
     @torch.no_grad()
     def sample_log(
         self, cond: torch.Tensor, batch_size: int, ddim: bool = True, ddim_steps: int = 200, **kwargs
     ):
         """Sample latents for `cond` with DDIM (`ddim=False` runs all steps with eta=1, i.e. ancestral DDPM)."""
-        from ldm.models.diffusion.ddim import DDIMSampler
-
         if not ddim:
             ddim_steps, kwargs["eta"] = self.num_timesteps, 1.0
         shape = (self.channels, *cond.shape[-2:])

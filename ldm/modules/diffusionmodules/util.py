@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -28,10 +29,21 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in float32 whatever the input dtype."""
+    """GroupNorm with float32 statistics whatever the input dtype; the output keeps the input's dtype
+    and memory layout, and no full-size copy is made.
+
+    The CPU kernel takes float32 weights beside bf16 inputs; elsewhere the (C,) weights are cast to
+    the input's dtype. Autocast is kept out so that CUDA does not upcast the whole input to float32.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).type(x.dtype)
+        weight, bias = self.weight, self.bias
+        if x.device.type != "cpu" and weight is not None and weight.dtype != x.dtype:
+            weight, bias = weight.to(x.dtype), bias.to(x.dtype)
+        if torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return F.group_norm(x, self.num_groups, weight, bias, self.eps)
+        return F.group_norm(x, self.num_groups, weight, bias, self.eps)
 
 
 def normalization(channels: int) -> nn.Module:

@@ -23,19 +23,24 @@ class VectorQuantizer(nn.Module):
         self.beta = beta
         self.embedding = nn.Embedding(n_e, e_dim)
         nn.init.uniform_(self.embedding.weight, -1.0 / n_e, 1.0 / n_e)
-        self.register_buffer("usage", torch.zeros(n_e), persistent=False)
+        self.usage: torch.Tensor | None = None
+        """How often each code was chosen in training since the last restart (None: not counted yet)."""
 
     def nearest_indices(self, z: torch.Tensor) -> torch.Tensor:
         """Codebook index of every vector of (B,C,H,W) → (B,H,W)."""
-        flat = rearrange(z, "b c h w -> (b h w) c")
-        codebook = self.embedding.weight.to(flat.dtype)
-        distances = flat.pow(2).sum(1, keepdim=True) + codebook.pow(2).sum(1)[None] - 2 * flat @ codebook.t()
+        flat = rearrange(z, "b c h w -> (b h w) c").float()
+        codebook = self.embedding.weight.float()
+        with torch.autocast(z.device.type, enabled=False):  # distances in float32 in every dtype
+            distances = (
+                flat.pow(2).sum(1, keepdim=True) + codebook.pow(2).sum(1)[None] - 2 * flat @ codebook.t()
+            )
         return distances.argmin(dim=1).reshape(z.shape[0], *z.shape[2:])
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         indices = self.nearest_indices(z)
         if self.training:
-            self.usage += torch.bincount(indices.flatten(), minlength=self.n_e).to(self.usage.dtype)
+            counts = torch.bincount(indices.flatten(), minlength=self.n_e)
+            self.usage = counts if self.usage is None else self.usage + counts
         z_q = rearrange(self.embedding(indices), "b h w c -> b c h w").to(z.dtype)
         loss = F.mse_loss(z_q.detach(), z) * self.beta + F.mse_loss(z_q, z.detach())
         return z + (z_q - z).detach(), loss, indices
@@ -54,6 +59,7 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def restart_dead_codes(self, z: torch.Tensor) -> int:
         """Reset the codes unused since the last call onto latents of z; returns how many."""
-        count = self.reset_codes(z, self.usage == 0)
-        self.usage.zero_()
+        used = self.usage if self.usage is not None else torch.zeros(self.n_e, device=z.device)
+        count = self.reset_codes(z, used == 0)
+        self.usage = None
         return count

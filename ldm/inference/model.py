@@ -1,0 +1,230 @@
+"""The model an inference command uses: which one (an explicit checkpoint, the released weights, or
+the embedded small model), on which device and in which precision, and loading it lean.
+
+Loading builds the model on the meta device and hands it the checkpoint's (memory-mapped) tensors
+instead of copying them, so a released checkpoint with optimizer state peaks near the size of the
+weights that are kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from torch import nn
+from yaml import YAMLError
+
+from ldm.checkpoint import CONDITIONER_PREFIX, ema_as_model_weights, load_state_into, read_state_dict
+from ldm.models.diffusion.ddpm import SCHEDULE_BUFFERS
+from ldm.modules.diffusionmodules.openaimodel import channels_last
+from ldm.util import ConfigError, InputError, enable_tf32, first_line, instantiate_from_config
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+OFFICIAL_CONFIG = Path("configs/inpaint_4frame.yaml")
+OFFICIAL_WEIGHTS = Path("models/nohands_weights.ckpt")
+SMALL_CONFIG = Path("configs/vidm_small.yaml")
+SMALL_WEIGHTS = Path("models/vidm_small/vidm_small.safetensors")
+DOWNLOAD_PAGE = "https://matthewchang.github.io/vidm/"
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPE_CHOICES = ("auto", *DTYPES)
+_SUPPORTED = {"cpu": ("fp32", "bf16"), "cuda": ("fp32", "bf16", "fp16"), "mps": ("fp32", "fp16")}
+_NORMS = (nn.GroupNorm, nn.LayerNorm, nn.BatchNorm2d)
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    config: Path
+    checkpoint: Path
+    description: str
+
+
+def choose_model(
+    checkpoint: Path | None = None, config: Path | None = None, root: Path | None = None
+) -> ModelChoice:
+    """`checkpoint` (with `config`, default the official one); else the released weights under `root`;
+    else the embedded small model; else an error that says where to get the weights.
+
+    Default locations are relative to `root` (default: the repository), not the working directory.
+    """
+    root = root or REPO_ROOT
+    if checkpoint is not None:
+        config = config or root / OFFICIAL_CONFIG
+        return ModelChoice(config, checkpoint, f"{checkpoint} with config {config}")
+    if config is not None:
+        raise InputError(f"--config {config} needs --checkpoint (the default models bring their own configs)")
+    if (root / OFFICIAL_WEIGHTS).is_file():
+        return ModelChoice(
+            root / OFFICIAL_CONFIG,
+            root / OFFICIAL_WEIGHTS,
+            f"the released VIDM weights {root / OFFICIAL_WEIGHTS}",
+        )
+    if (root / SMALL_WEIGHTS).is_file() and (root / SMALL_CONFIG).is_file():
+        return ModelChoice(
+            root / SMALL_CONFIG,
+            root / SMALL_WEIGHTS,
+            f"the embedded small model {root / SMALL_WEIGHTS} (the released weights are absent)",
+        )
+    raise InputError(
+        f"no model weights: download nohands_weights.ckpt from {DOWNLOAD_PAGE} and put it at "
+        f"{root / OFFICIAL_WEIGHTS} (or pass --checkpoint FILE)"
+    )
+
+
+def read_model_config(path: Path) -> DictConfig:
+    """The `model:` node of a YAML config."""
+    if not path.is_file():
+        raise InputError(f"{path}: no such config file")
+    try:
+        config = OmegaConf.load(path)
+    except (YAMLError, OmegaConfBaseException, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not a readable YAML config ({type(err).__name__})") from None
+    if not isinstance(config, DictConfig) or "model" not in config:
+        raise InputError(f"{path}: the config has no 'model' node")
+    return config.model
+
+
+def model_resolution(model_config: DictConfig, source: Path | str = "config") -> int:
+    """The pixel size the model works at: latent size x 2^(number of first-stage downsamplings)."""
+    try:
+        latent_size = int(model_config.params.unet_config.params.image_size)
+        ch_mult = model_config.params.first_stage_config.params.ddconfig.ch_mult
+    except (AttributeError, OmegaConfBaseException, TypeError, ValueError):
+        raise InputError(
+            f"{source}: the model config lacks unet_config image_size or first-stage ch_mult"
+        ) from None
+    return latent_size * 2 ** (len(ch_mult) - 1)
+
+
+# ------------------------------------------------------------------------------ device and dtype
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """`--device` (default: cuda if available, else cpu), checked against this machine."""
+    try:
+        device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except (RuntimeError, ValueError):
+        raise InputError(f"--device {name}: not a device name (try cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise InputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"--device {name}: MPS is not available on this machine (use --device cpu)")
+    if device.type not in _SUPPORTED:
+        raise InputError(f"--device {name}: unsupported device type (use cpu, cuda or mps)")
+    if device.type == "cuda":
+        enable_tf32()
+    return device
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 in hardware: CUDA sm80+ (Ampere and later), or a CPU with AMX
+    or AVX512-BF16."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] >= 8
+    if device.type == "cpu":
+        return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    return False
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`--dtype auto|fp32|bf16|fp16`: auto is bf16 where the hardware has native bf16, else fp32;
+    an explicit dtype is refused where `device` does not support it."""
+    if name == "auto":
+        return torch.bfloat16 if native_bf16(device) else torch.float32
+    if name not in DTYPES:
+        raise InputError(f"--dtype {name}: choose one of {', '.join(DTYPE_CHOICES)}")
+    supported = _SUPPORTED[device.type]
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        supported = ("fp32", "fp16")
+    if name not in supported:
+        raise InputError(
+            f"--dtype {name} is not supported on {device.type.upper()}; use {' or '.join(supported)}"
+        )
+    return DTYPES[name]
+
+
+def precision(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """Autocast to `dtype` on `device` (a no-op for float32)."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def prepare_for_inference(model: nn.Module, device: torch.device | str, dtype: torch.dtype) -> nn.Module:
+    """`model` in eval mode on `device`, weights stored in `dtype` once (so autocast never casts them
+    per call) except normalisation layers, which keep float32; conv weights channels-last, the
+    layout the UNet runs in. Buffers such as the diffusion schedule stay float32."""
+    for module in model.modules():
+        for param in module.parameters(recurse=False):
+            data = param.data.to(device=device, dtype=torch.float32 if isinstance(module, _NORMS) else dtype)
+            param.data = channels_last(data) if data.dim() in (4, 5) else data
+    return model.requires_grad_(False).eval().to(device)
+
+
+# --------------------------------------------------------------------------------------- loading
+
+
+def _without_ckpt_paths(model_config: Mapping) -> dict:
+    """The model config with the weight-file references removed (the checkpoint supplies them)."""
+    cfg = OmegaConf.to_container(OmegaConf.create(model_config), resolve=True)
+    params = cfg.setdefault("params", {})
+    params.pop("ckpt_path", None)
+    params.get("first_stage_config", {}).get("params", {}).pop("ckpt_path", None)
+    return cfg
+
+
+def load_inference_model(model_config: Mapping, checkpoint: str | Path, unsafe: bool = False) -> nn.Module:
+    """Build the model from its config and give it a checkpoint's EMA weights, on the CPU.
+
+    Accepts the released Lightning checkpoint (its EMA buffers become the denoiser's weights; the
+    training weights and optimizer state are never read) or a file from
+    scripts/convert_checkpoint.py. The model is built on the meta device and takes the checkpoint's
+    tensors as its own (no copy, no random initialisation); the schedule is then computed on the CPU.
+    """
+    cfg = _without_ckpt_paths(model_config)
+    cfg["params"]["use_ema"] = False
+    state = ema_as_model_weights(read_state_dict(checkpoint, unsafe=unsafe))
+    with torch.device("meta"):
+        model = instantiate_from_config(cfg)
+    allow_missing: tuple[str, ...] = SCHEDULE_BUFFERS
+    if cfg["params"].get("cond_stage_config", {}).get("with_first_stage"):
+        # The conditioner holds the first stage and nothing else: its weights come from
+        # first_stage_model.* whether the file repeats them as cond_stage_model.first_stage_model.*
+        # (VIDM) or as cond_stage_model.* (LDM inpainting_big, whose conditioner is the first stage).
+        state = {k: v for k, v in state.items() if not k.startswith(CONDITIONER_PREFIX)}
+        allow_missing += (CONDITIONER_PREFIX,)
+    load_state_into(model, state, checkpoint, allow_missing=allow_missing, assign=True)
+    model.register_schedule(model.num_timesteps, model.linear_start, model.linear_end)
+    unloaded = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if unloaded:
+        raise ConfigError(
+            f"{checkpoint}: the model has state that the checkpoint does not fill: {unloaded[:5]}"
+        )
+    return model.eval()
+
+
+def load_model(
+    choice: ModelChoice,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    unsafe: bool = False,
+) -> tuple[nn.Module, int]:
+    """The chosen model with EMA weights, ready for inference on `device` in `dtype`, and its pixel size."""
+    model_config = read_model_config(choice.config)
+    resolution = model_resolution(model_config, choice.config)
+    try:
+        model = load_inference_model(model_config, choice.checkpoint, unsafe=unsafe)
+    except ValueError as err:  # ConfigError and the models' own checks: a config that is not buildable
+        raise InputError(f"{choice.config}: cannot build the model ({first_line(err)})") from None
+    log.info("model: %s", choice.description)
+    return prepare_for_inference(model, device, dtype), resolution
