@@ -1,16 +1,23 @@
 #!/usr/bin/env python
 """Turn EGO4D full-scale videos into hand-labelled 256x256 frames, one HDF5 file per video.
 
-Keeps every 10th frame of EGO4D_DIR/<video_uid>.mp4, resized so its short side is 256 and
-centre-cropped to 256x256, labels it with the 100 Days of Hands detector (1 when any hand is
-detected with score ≥ 0.7; frames go through the detector in batches of 20) and writes
-OUT/<video_uid>.hdf5 with:
+Keeps every 10th frame of EGO4D_DIR/<video_uid>.mp4. As in the published preprocessing, the
+100 Days of Hands detector sees the full-resolution frame (detectron2 applies its own test-time
+resize) in batches of 20, and a frame is labelled 1 when the detector returns any instance with
+score ≥ 0.7. Only what is stored is resized so its short side is 256 and centre-cropped to 256x256.
+Writes OUT/<video_uid>.hdf5 with:
 
-  frames      vlen uint8  JPEG bytes. Compatibility quirk kept from the published files: the RGB
-                          frame was handed to OpenCV's encoder, which assumes BGR, so decoding with
-                          OpenCV (cv2.imdecode) yields RGB directly (other decoders yield BGR).
-  labels      int64 (N,)  1 if a hand was detected
-  mean_pixel  int64 (N,3) per-channel (R, G, B) mean of the frame, in 0..255
+  frames      vlen uint8  the stored 256x256 crop as JPEG bytes. Compatibility quirk kept from the
+                          published files: the RGB crop was handed to OpenCV's encoder, which assumes
+                          BGR, so decoding with OpenCV (cv2.imdecode) yields RGB directly (other
+                          decoders yield BGR).
+  labels      int64 (N,)  1 if a hand was detected anywhere in the full frame (a hand just outside
+                          the crop counts too, so such frames are not used as hand-free backgrounds)
+  mean_pixel  int64 (N,3) per-channel (R, G, B) mean of the stored crop before JPEG encoding (the
+                          pixels training reads, not the full frame), in 0..255, truncated to an
+                          integer as published (the crop's mean on the [0, 1] scale times 255, cast
+                          to int); the published Backgrounds dataset treats a frame as black
+                          when the mean of its mean_pixel is at most 10
 
 By default every *.mp4 in EGO4D_DIR is converted; --ids or --ids-file (e.g. the kitchen subset
 data/ego4d_kitchen_ids.txt from scripts/ego4d_kitchen_ids.py) choose videos. Finished files are
@@ -60,10 +67,10 @@ def sampled_frames(video: Path, step: int = FRAME_STEP) -> Iterator[np.ndarray]:
 
 
 def batches(video: Path, batch_size: int) -> Iterator[list[np.ndarray]]:
-    """The kept frames as 256x256 RGB crops, `batch_size` at a time."""
+    """The kept full-resolution frames, `batch_size` at a time."""
     batch: list[np.ndarray] = []
     for frame in sampled_frames(video):
-        batch.append(square_resize(frame, FRAME_SIZE, interpolation=cv2.INTER_AREA))
+        batch.append(frame)
         if len(batch) == batch_size:
             yield batch
             batch = []
@@ -79,19 +86,30 @@ def encode_as_published(frame: np.ndarray) -> np.ndarray:
     return data.reshape(-1)
 
 
+def stored_crop(frame: np.ndarray) -> np.ndarray:
+    """The 256x256 centre crop that is stored (the detector sees the full frame)."""
+    return square_resize(frame, FRAME_SIZE, interpolation=cv2.INTER_AREA)
+
+
+def mean_pixel(crop: np.ndarray) -> np.ndarray:
+    """Per-channel mean of a uint8 (H, W, 3) image, truncated to int64 (computed exactly, in integers)."""
+    return crop.reshape(-1, 3).sum(axis=0, dtype=np.int64) // (crop.shape[0] * crop.shape[1])
+
+
 def write_video(video: Path, detector: HandDetector, batch_size: int, tmp: Path) -> None:
     jpegs: list[np.ndarray] = []
     labels: list[int] = []
     means: list[np.ndarray] = []
     for batch in batches(video, batch_size):
         labels += [int(hand) for hand in detector(batch)]
-        jpegs += [encode_as_published(frame) for frame in batch]
-        means += [frame.reshape(-1, 3).mean(axis=0) for frame in batch]
+        crops = [stored_crop(frame) for frame in batch]
+        jpegs += [encode_as_published(crop) for crop in crops]
+        means += [mean_pixel(crop) for crop in crops]
     if not jpegs:
         raise InputError(f"{video}: no frames")
     with h5py.File(tmp, "w") as out:
         out.create_dataset("labels", data=np.asarray(labels, np.int64))
-        out.create_dataset("mean_pixel", data=np.asarray(means).astype(np.int64))
+        out.create_dataset("mean_pixel", data=np.asarray(means, np.int64))
         data = out.create_dataset("frames", (len(jpegs),), dtype=h5py.vlen_dtype(np.uint8))
         for index, jpeg in enumerate(jpegs):
             data[index] = jpeg
