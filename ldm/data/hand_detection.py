@@ -11,7 +11,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 import pickle
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Protocol
@@ -57,6 +58,7 @@ class LoadReport(Protocol):
     """What detectron2's checkpointer reports after loading weights (fvcore's incompatible keys)."""
 
     missing_keys: list[str]
+    unexpected_keys: list[str]
     incorrect_shapes: list[tuple[str, tuple[int, ...], tuple[int, ...]]]
 
 
@@ -190,6 +192,20 @@ def import_detectron2() -> SimpleNamespace:
     )
 
 
+@contextmanager
+def quiet_loggers(*names: str) -> Iterator[None]:
+    """Only errors from the named loggers inside the block."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 def load_weights(d2: SimpleNamespace, model: Any, weights: Path) -> LoadReport | None:
     """Load `weights` into `model` with detectron2's checkpointer; returns the checkpointer's own report."""
 
@@ -202,7 +218,8 @@ def load_weights(d2: SimpleNamespace, model: Any, weights: Path) -> LoadReport |
 
     checkpointer = ReportingCheckpointer(model)
     try:
-        checkpointer.load(str(weights))
+        with quiet_loggers("fvcore", "detectron2"):  # their load messages; the report says what matters
+            checkpointer.load(str(weights))
     except (OSError, EOFError, RuntimeError, ValueError, TypeError, KeyError, pickle.UnpicklingError) as err:
         raise DetectorUnavailable(
             f"{weights}: not a readable detectron2 weights file ({_first_line(err)})"
@@ -244,9 +261,14 @@ class Detectron2HandDetector:
         cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = threshold
         cfg.MODEL.DEVICE = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = d2.build_model(cfg).eval()
-        require_complete_load(load_weights(d2, self.model, Path(weights)), Path(weights), Path(config_file))
+        report = load_weights(d2, self.model, Path(weights))
+        require_complete_load(report, Path(weights), Path(config_file))
         log.info(
-            "hand detector: %s with %s, %d classes", config_file, weights, cfg.MODEL.ROI_HEADS.NUM_CLASSES
+            "hand detector: every parameter loaded from %s (%s, %d classes; %d unused tensors in the file)",
+            weights,
+            config_file,
+            cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+            len(report.unexpected_keys),
         )
         size = cfg.INPUT.MIN_SIZE_TEST
         self.test_resize = d2.ResizeShortestEdge([size, size], cfg.INPUT.MAX_SIZE_TEST)
