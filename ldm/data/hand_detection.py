@@ -19,6 +19,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ldm.util import first_line
+
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = Path("100doh/faster_rcnn_X_101_32x8d_FPN_3x_100DOH.yaml")
@@ -113,11 +115,6 @@ def detector_inputs(
     return inputs
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 def _import_torchvision() -> None:
     import torch
 
@@ -130,7 +127,7 @@ def _import_torchvision() -> None:
         ) from None
     except (ImportError, OSError, RuntimeError) as err:
         raise DetectorUnavailable(
-            f"torchvision does not load next to torch {torch.__version__} ({_first_line(err)}): install the "
+            f"torchvision does not load next to torch {torch.__version__} ({first_line(err)}): install the "
             f"torchvision release built for this torch (the same release pair and CPU/CUDA variant)"
         ) from None
 
@@ -151,7 +148,7 @@ def _detectron2_import_error(err: BaseException) -> DetectorUnavailable:
     """One line naming why detectron2 did not import and how to fix it."""
     import torch
 
-    cause = _first_line(err)
+    cause = first_line(err)
     if isinstance(err, ModuleNotFoundError) and not (err.name or "").startswith("detectron2"):
         return DetectorUnavailable(
             f"detectron2 needs the module {err.name}, which is not installed: install it, or reinstall "
@@ -222,7 +219,7 @@ def load_weights(d2: SimpleNamespace, model: Any, weights: Path) -> LoadReport |
             checkpointer.load(str(weights))
     except (OSError, EOFError, RuntimeError, ValueError, TypeError, KeyError, pickle.UnpicklingError) as err:
         raise DetectorUnavailable(
-            f"{weights}: not a readable detectron2 weights file ({_first_line(err)})"
+            f"{weights}: not a readable detectron2 weights file ({first_line(err)})"
         ) from None
     return checkpointer.report
 
@@ -236,7 +233,7 @@ def read_config(d2: SimpleNamespace, config_file: Path) -> Any:
         cfg.merge_from_file(str(config_file))
     except (OSError, KeyError, ValueError, TypeError, AssertionError, yaml.YAMLError) as err:
         raise DetectorUnavailable(
-            f"{config_file}: not a usable detectron2 config ({_first_line(err)})"
+            f"{config_file}: not a usable detectron2 config ({first_line(err)})"
         ) from None
     return cfg
 
