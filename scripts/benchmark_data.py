@@ -3,7 +3,7 @@
 
 Builds the training dataset from the `data:` section of the config (default the official one) with
 the dataset locations from EPIC_ROOT, DATA_LOCATION and EGO4D_LOCATION. When they are not set, it
-builds the miniature fixture of scripts/make_fixture_data.py in a temporary folder and reads that
+builds the miniature fixture of ldm/data/fixture_data.py in a temporary folder and reads that
 (real VISOR annotations hold more objects per frame, so JSON parsing costs a little more there).
 --profile adds where the time goes, grouped by stage.
 """
@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 from omegaconf import OmegaConf
 
+from ldm.data.fixture_data import prepare_fixture_data
 from ldm.util import instantiate_from_config
 
 ENV_VARS = ("EPIC_ROOT", "DATA_LOCATION", "EGO4D_LOCATION")
@@ -78,9 +79,6 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         visor_files = args.visor_files
         if not all(os.environ.get(v) for v in ENV_VARS):
-            sys.path.insert(0, str(Path(__file__).parent))
-            from make_fixture_data import prepare_fixture_data
-
             print("EPIC_ROOT/DATA_LOCATION/EGO4D_LOCATION not set: timing the miniature fixture")
             env = prepare_fixture_data(Path(tmp))
             os.environ.update(env)

@@ -5,7 +5,7 @@ model cost on a GPU?
 1. Data vs compute (always): the tiny config's training steps/s at batch size 2 in Lightning's loop
    on an in-memory batch (compute only) on this CPU, against the samples/s one loading process
    delivers from the NoHands training split. Data comes from EPIC_ROOT/DATA_LOCATION/EGO4D_LOCATION
-   when they are set, else from the miniature fixture data (scripts/make_fixture_data.py), built in
+   when they are set, else from the miniature fixture data (ldm/data/fixture_data.py), built in
    a temporary folder.
 2. Batch sweep (when CUDA is available, or with --sweep-device): the official config's step time
    and peak GPU memory at batch 1, 2, 4, 8 per GPU, on random inputs of the real shapes (weights
@@ -19,7 +19,6 @@ model cost on a GPU?
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import statistics
 import sys
@@ -32,6 +31,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from ldm.data.fixture_data import prepare_fixture_data
 from ldm.util import instantiate_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,15 +89,6 @@ def time_loading(dataset: Dataset, samples: int) -> float:
     return samples / (time.perf_counter() - start)
 
 
-def load_fixture_builder():
-    """scripts/make_fixture_data.py as a module (scripts/ is not a package)."""
-    name = "vidm_scripts.make_fixture_data"
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / "make_fixture_data.py")
-    module = sys.modules[name] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def training_split(config_path: Path, workdir: Path) -> Dataset:
     """The config's training dataset, on the fixture data unless the data variables are set."""
     config = OmegaConf.load(config_path)
@@ -105,7 +96,7 @@ def training_split(config_path: Path, workdir: Path) -> Dataset:
         print(
             f"data: {', '.join(DATA_VARIABLES)} not all set; building the miniature fixture data in {workdir}"
         )
-        env = load_fixture_builder().prepare_fixture_data(workdir)
+        env = prepare_fixture_data(workdir)
         os.environ.update({name: env[name] for name in DATA_VARIABLES})
         config.data.params.train.params.visor_files = env["VISOR_TRAIN_LIST"]
     return instantiate_from_config(config.data.params.train)

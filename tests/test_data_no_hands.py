@@ -11,11 +11,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from ldm.data import fixture_data
 from ldm.data.ego4d_backgrounds import Backgrounds
+from ldm.data.fixture_data import RAW_DIR
 from ldm.data.no_hands import NoHands
 from ldm.data.windows import window_starts
 from ldm.util import instantiate_from_config
-from tests.data_fixture import RAW_DIR, fixture, shared_fixture_data
+from tests.data_fixture import shared_fixture_data
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,7 +46,7 @@ def raw_epic_rgb(data_env, video: str, frame: int) -> np.ndarray:
 
 def skin(rgb: np.ndarray) -> np.ndarray:
     """Pixels of the fixture's hand colour."""
-    return (np.abs(rgb.astype(int) - fixture.SKIN_RGB) < 25).all(axis=-1)
+    return (np.abs(rgb.astype(int) - fixture_data.SKIN_RGB) < 25).all(axis=-1)
 
 
 def dilated(mask: np.ndarray, size: int = 7) -> np.ndarray:
@@ -200,7 +202,7 @@ def test_backgrounds_come_back_rgb(data_env):
     frames = backgrounds[0]["frames"]
     assert frames.shape == (4, 256, 256, 3)
     left = (frames[:, :, :100].reshape(-1, 3).mean(0) + 1) * 127.5
-    np.testing.assert_allclose(left, fixture.EGO4D_LEFT_RGB, atol=12)
+    np.testing.assert_allclose(left, fixture_data.EGO4D_LEFT_RGB, atol=12)
 
 
 def test_window_starts_need_consecutive_frames():

@@ -16,8 +16,10 @@ import h5py
 import numpy as np
 import pytest
 
+from ldm.data import fixture_data
+from ldm.data.fixture_data import RAW_DIR, SCRIPTS, load_script
 from ldm.data.hand_detection import DetectorUnavailable, Detectron2HandDetector
-from tests.data_fixture import RAW_DIR, SCRIPTS, fixture, load_script, shared_fixture_data
+from tests.data_fixture import shared_fixture_data
 
 epic_to_hdf5 = load_script("epic_to_hdf5")
 visor_to_hdf5 = load_script("visor_to_hdf5")
@@ -74,7 +76,7 @@ EXPECTED_VISOR = {
 
 
 def test_epic_files_hold_the_jpeg_bytes_unchanged(data_env, raw):
-    for video in fixture.FIXTURE_VIDEOS:
+    for video in fixture_data.FIXTURE_VIDEOS:
         folder = raw / "epic" / video.name.split("_")[0] / "rgb_frames" / video.name
         jpegs = sorted(folder.glob("*.jpg"))
         with h5py.File(Path(data_env["EPIC_ROOT"]) / f"{video.name}.hdf5", "r") as f:
@@ -87,7 +89,7 @@ def test_epic_files_hold_the_jpeg_bytes_unchanged(data_env, raw):
 
 
 def test_visor_files_match_hand_derived_flags(data_env):
-    for video in fixture.FIXTURE_VIDEOS:
+    for video in fixture_data.FIXTURE_VIDEOS:
         expected = EXPECTED_VISOR[video.name]
         with h5py.File(Path(data_env["DATA_LOCATION"]) / f"{video.name}_interpolations.hdf5", "r") as f:
             assert set(f) == {
@@ -103,8 +105,8 @@ def test_visor_files_match_hand_derived_flags(data_env):
             np.testing.assert_array_equal(f["sparse_frame_nums"][:], video.ground_truth_frames)
             assert f["saprse_frame_nums"].id == f["sparse_frame_nums"].id  # the published name, linked
             assert h5py.check_string_dtype(f["annotations"].dtype) is not None
-            assert json.loads(f["annotations"][80]) == fixture.dense_entries(video)[80]
-            assert json.loads(f["sparse_annotations"][4]) == fixture.sparse_entries(video)[4]
+            assert json.loads(f["annotations"][80]) == fixture_data.dense_entries(video)[80]
+            assert json.loads(f["sparse_annotations"][4]) == fixture_data.sparse_entries(video)[4]
 
 
 def test_visor_work_is_sharded_so_each_file_is_written_exactly_once(raw, tmp_path):
@@ -126,7 +128,7 @@ def test_visor_work_is_sharded_so_each_file_is_written_exactly_once(raw, tmp_pat
         assert visor_to_hdf5.main([str(a) for a in args]) == 0
         written += sorted(set(out.glob("*.hdf5")) - before)
     names = sorted(p.name for p in written)
-    assert names == sorted(f"{v.name}_interpolations.hdf5" for v in fixture.FIXTURE_VIDEOS)
+    assert names == sorted(f"{v.name}_interpolations.hdf5" for v in fixture_data.FIXTURE_VIDEOS)
 
 
 def test_rerun_skips_finished_files(raw, tmp_path, caplog):
@@ -165,11 +167,11 @@ def test_killed_run_leaves_no_file_that_a_rerun_would_skip(raw, tmp_path):
     assert list(out.glob("*.hdf5")) == [] and list(out.glob("*.partial")) != []
     assert epic_to_hdf5.main([str(raw / "epic"), str(out)]) == 0
     with h5py.File(out / "P01_01.hdf5", "r") as f:
-        assert len(f["frames"]) == 401 + fixture.EXTRA_EPIC_FRAMES
+        assert len(f["frames"]) == 401 + fixture_data.EXTRA_EPIC_FRAMES
 
 
 def test_ego4d_labels_and_colour_convention(data_env):
-    with h5py.File(Path(data_env["EGO4D_LOCATION"]) / f"{fixture.EGO4D_KITCHEN_UID}.hdf5", "r") as f:
+    with h5py.File(Path(data_env["EGO4D_LOCATION"]) / f"{fixture_data.EGO4D_KITCHEN_UID}.hdf5", "r") as f:
         assert set(f) == {"frames", "labels", "mean_pixel"}
         # 150 frames, every 10th kept: 15; the marker is on frames 50..79, i.e. kept frames 5, 6, 7.
         np.testing.assert_array_equal(f["labels"][:], [0, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0])
@@ -177,14 +179,14 @@ def test_ego4d_labels_and_colour_convention(data_env):
         frame = cv2.imdecode(f["frames"][0], cv2.IMREAD_COLOR)  # the published convention: RGB out
         assert frame.shape == (256, 256, 3)
         left, right = frame[:, :100].reshape(-1, 3).mean(0), frame[:, 156:].reshape(-1, 3).mean(0)
-        np.testing.assert_allclose(left, fixture.EGO4D_LEFT_RGB, atol=12)
-        np.testing.assert_allclose(right, fixture.EGO4D_RIGHT_RGB, atol=12)
+        np.testing.assert_allclose(left, fixture_data.EGO4D_LEFT_RGB, atol=12)
+        np.testing.assert_allclose(right, fixture_data.EGO4D_RIGHT_RGB, atol=12)
         np.testing.assert_allclose(f["mean_pixel"][0], frame.reshape(-1, 3).mean(0), atol=3)
 
 
 def test_kitchen_ids_and_splits(data_env):
     root = Path(data_env["DATA_LOCATION"]).parent
-    assert (root / "ego4d_kitchen_ids.txt").read_text().split() == [fixture.EGO4D_KITCHEN_UID]
+    assert (root / "ego4d_kitchen_ids.txt").read_text().split() == [fixture_data.EGO4D_KITCHEN_UID]
     assert Path(data_env["VISOR_TRAIN_LIST"]).read_text().split() == [
         "P01_01_interpolations.hdf5",
         "P01_02_interpolations.hdf5",
@@ -241,7 +243,7 @@ def test_unreadable_video_gives_one_error_line(raw, tmp_path, caplog):
     videos = tmp_path / "videos"
     videos.mkdir()
     (videos / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 100)
-    code = ego4d_to_hdf5.main([str(videos), str(tmp_path / "out")], detector=fixture.MarkerHandDetector())
+    code = ego4d_to_hdf5.main([str(videos), str(tmp_path / "out")], detector=fixture_data.MarkerHandDetector())
     assert code == 1
     (line,) = error_lines(caplog)
     assert "broken.mp4: unreadable video" in line
@@ -270,7 +272,7 @@ def test_unzip_resumes_and_reports_corrupt_zips(raw, tmp_path, caplog):
         extracted.unlink()
     assert unzip_visor.main([str(dense)]) == 0
     assert sorted(p.name for p in dense.rglob("*.json")) == sorted(
-        f"{v.name}_interpolations.json" for v in fixture.FIXTURE_VIDEOS
+        f"{v.name}_interpolations.json" for v in fixture_data.FIXTURE_VIDEOS
     )
     broken = dense / "train" / "P99_01_interpolations.zip"
     with zipfile.ZipFile(broken, "w") as z:
