@@ -4,6 +4,9 @@
 Reads EGO4D's annotations/narration.json ({video_uid: {narration_pass_N: {"summaries":
 [{"summary_text": ...}], ...}}}) and writes the uids of the videos whose summary text contains
 "kitchen" (case-sensitive, as in the official run), sorted, one a line.
+
+The repository ships the published list (data/ego4d_kitchen_ids.txt, 654 uids): you need this script
+only for another narration release or keyword. It never replaces an existing list unless --force.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ldm.data.preparation import InputError, configure_logging, read_json, write_lines
+from ldm.data.preparation import InputError, configure_logging, read_json, refuse_overwrite, write_lines
 
 log = logging.getLogger("ego4d_kitchen_ids")
 
@@ -56,10 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "narrations", type=Path, help="EGO4D annotations/narration.json (or the EGO4D folder)"
     )
-    parser.add_argument("--out", type=Path, default=Path("data/ego4d_kitchen_ids.txt"), help="output list")
+    parser.add_argument("--out", type=Path, required=True, help="output list")
+    parser.add_argument("--force", action="store_true", help="replace --out if it exists")
     args = parser.parse_args(argv)
     configure_logging()
     try:
+        refuse_overwrite([args.out], args.force)
         narrations = load_narrations(args.narrations)
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)

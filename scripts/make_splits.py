@@ -5,6 +5,10 @@ Lists every dense annotation file (<video>_interpolations.json or .zip) under DE
 Interpolations-DenseAnnotations, train/ and val/ alike) and writes the matching HDF5 names that
 scripts/visor_to_hdf5.py produces (<video>_interpolations.hdf5) to OUT_DIR/no_hands_val.txt when the
 video is one of the published validation videos, else to OUT_DIR/no_hands_train.txt.
+
+The repository ships the published lists (data/no_hands_train.txt and data/no_hands_val.txt, 146 and
+12 files): you need this script only for another VISOR release. It never replaces existing lists
+unless --force.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ldm.data.preparation import configure_logging, write_lines
+from ldm.data.preparation import InputError, configure_logging, refuse_overwrite, write_lines
 
 log = logging.getLogger("make_splits")
 
@@ -45,9 +49,16 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("dense_dir", type=Path, help="VISOR Interpolations-DenseAnnotations folder")
-    parser.add_argument("--out-dir", type=Path, default=Path("data"), help="where the two lists go")
+    parser.add_argument("--out-dir", type=Path, required=True, help="where the two lists go")
+    parser.add_argument("--force", action="store_true", help="replace the lists if they exist")
     args = parser.parse_args(argv)
     configure_logging()
+    train_list, val_list = args.out_dir / "no_hands_train.txt", args.out_dir / "no_hands_val.txt"
+    try:
+        refuse_overwrite([train_list, val_list], args.force)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     videos = dense_videos(args.dense_dir)
     if not videos:
         print(f"error: {args.dense_dir}: no *{DENSE_SUFFIX}.json or .zip files", file=sys.stderr)
@@ -56,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     missing = sorted(set(VALIDATION_VIDEOS) - set(videos))
     if missing:
         log.warning("validation videos without dense annotations: %s", ", ".join(missing))
-    write_lines(args.out_dir / "no_hands_train.txt", train)
-    write_lines(args.out_dir / "no_hands_val.txt", val)
+    write_lines(train_list, train)
+    write_lines(val_list, val)
     log.info("%s: %d training and %d validation videos", args.out_dir, len(train), len(val))
     return 0
 

@@ -282,10 +282,10 @@ def prepare_fixture_data(root: Path) -> dict[str, str]:
     _run("unzip_visor", raw["visor_dense"])
     _run("epic_to_hdf5", raw["epic"], root / "epic")
     _run("visor_to_hdf5", raw["epic"], raw["visor"], root / "visor")
-    _run("ego4d_kitchen_ids", raw["ego4d_narrations"], "--out", root / "ego4d_kitchen_ids.txt")
+    _run("ego4d_kitchen_ids", raw["ego4d_narrations"], "--out", root / "ego4d_kitchen_ids.txt", "--force")
     ids = ("--ids-file", root / "ego4d_kitchen_ids.txt")
     _run("ego4d_to_hdf5", raw["ego4d_videos"], root / "ego4d", *ids, detector=MarkerHandDetector())
-    _run("make_splits", raw["visor_dense"], "--out-dir", root)
+    _run("make_splits", raw["visor_dense"], "--out-dir", root, "--force")
     return {
         "EPIC_ROOT": str(root / "epic"),
         "DATA_LOCATION": str(root / "visor"),

@@ -109,3 +109,10 @@ def write_lines(path: Path, lines: Sequence[str]) -> None:
     """Write one entry a line, atomically."""
     with atomic_output(path) as tmp:
         tmp.write_text("".join(f"{line}\n" for line in lines))
+
+
+def refuse_overwrite(paths: Sequence[Path], force: bool) -> None:
+    """Raise InputError naming the first of `paths` that exists, unless `force`."""
+    existing = [p for p in paths if p.exists()]
+    if existing and not force:
+        raise InputError(f"{existing[0]}: exists; pass --force to replace it")
