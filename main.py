@@ -374,7 +374,8 @@ def build_logger(lightning_config: DictConfig, paths: RunPaths) -> pl.loggers.Lo
 class DataModuleFromConfig(pl.LightningDataModule):
     """Train/validation/test/predict datasets built from config nodes.
 
-    Each DataLoader worker gets its own seed (from the run's seed, the worker id and the global
+    `wrap` is accepted for published configs: the published module wrapped map-style datasets in a
+    pass-through class, which changes nothing for the datasets here. Each DataLoader worker gets its own seed (from the run's seed, the worker id and the global
     rank), so random masks differ across workers and processes.
     """
 
@@ -395,6 +396,7 @@ class DataModuleFromConfig(pl.LightningDataModule):
         num_workers: int | None = None,
         shuffle_validation: bool = False,
         pin_memory: bool | None = None,
+        wrap: bool = False,
     ):
         super().__init__()
         self.batch_size = batch_size
@@ -619,7 +621,8 @@ def build_model(config: DictConfig, paths: RunPaths, unsafe: bool = False) -> pl
     if resumed_state is not None:
         load_state_into(model, resumed_state, resumed)
     elif config.get("initializer") is not None:
-        instantiate_from_config(config.initializer)(model)
+        initializer = instantiate_from_config(config.initializer)
+        getattr(initializer, "init", initializer)(model)  # published initializers have only init()
     return model
 
 

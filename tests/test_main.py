@@ -260,6 +260,48 @@ def test_data_module_splits():
         data.test_dataloader()
 
 
+def test_data_module_accepts_the_published_wrap_flag():
+    node = {"target": "tests.test_main.RandomDraws"}
+    for wrap in (False, True):
+        data = main.DataModuleFromConfig(batch_size=2, train=node, wrap=wrap, num_workers=0)
+        assert next(iter(data.train_dataloader())).shape == (2, 3)
+
+
+# ------------------------------------------------------------------------------------- initializer
+
+
+class InitOnly:
+    """An initializer written for the published main.py: it has init(model) and nothing else."""
+
+    def __init__(self, value: float):
+        self.value = value
+
+    def init(self, model: torch.nn.Module) -> None:
+        torch.nn.init.constant_(model.weight, self.value)
+
+
+class CallOnly:
+    """An initializer that is called instead (as this project's own may be)."""
+
+    def __init__(self, value: float):
+        self.value = value
+
+    def __call__(self, model: torch.nn.Module) -> None:
+        torch.nn.init.constant_(model.weight, -self.value)
+
+
+@pytest.mark.parametrize("target, expected", [("InitOnly", 0.5), ("CallOnly", -0.5)])
+def test_a_fresh_run_applies_the_initializer(tmp_path, target, expected):
+    config = OmegaConf.create(
+        {
+            "model": {"target": "torch.nn.Linear", "params": {"in_features": 2, "out_features": 2}},
+            "initializer": {"target": f"tests.test_main.{target}", "params": {"value": 0.5}},
+        }
+    )
+    model = main.build_model(config, main.RunPaths(tmp_path / "run"))
+    assert torch.equal(model.weight, torch.full((2, 2), expected))
+
+
 # ----------------------------------------------------------------------------- command-line errors
 
 

@@ -63,9 +63,12 @@ class InpaintingInit:
         self.insert_out_layer = insert_out_layer
         self.unsafe = unsafe
 
-    def __call__(self, model: nn.Module) -> None:
+    def init(self, model: nn.Module) -> None:
+        """Load `weights` into `model` (the published initializer interface)."""
         log.info("initialising from %s", self.weights)
         self.apply(model, read_state_dict(self.weights, unsafe=self.unsafe))
+
+    __call__ = init
 
     def apply(self, model: nn.Module, source: Mapping[str, torch.Tensor]) -> None:
         target = model.state_dict()
