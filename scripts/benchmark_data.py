@@ -60,8 +60,8 @@ def build_dataset(config: Path, size: int, visor_files: str | None):
     params = data.params.train.params
     params.size = size
     params.visor_files = visor_files or params.visor_files
-    for background in params.backgrounds:
-        background.params.size = size
+    if params.get("background_config") is not None:
+        params.background_config.params.size = size
     return instantiate_from_config(data.params.train)
 
 

@@ -183,8 +183,8 @@ def load_samples(args: argparse.Namespace, size: int) -> list[EvalSample]:
     if not args.epic_root or not args.visor_root:
         raise InputError("--data visor needs --epic-root/--visor-root (or EPIC_ROOT and DATA_LOCATION)")
     params = {
-        "epic_root": args.epic_root,
-        "visor_root": args.visor_root,
+        "epic_hdf5_root": args.epic_root,
+        "data_root": args.visor_root,
         "visor_files": args.visor_files,
         "size": size,
         "mask_size": (size // 4, size // 4),

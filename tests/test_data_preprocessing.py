@@ -173,9 +173,12 @@ def test_killed_run_leaves_no_file_that_a_rerun_would_skip(raw, tmp_path):
 def test_ego4d_labels_and_colour_convention(data_env):
     with h5py.File(Path(data_env["EGO4D_LOCATION"]) / f"{fixture_data.EGO4D_KITCHEN_UID}.hdf5", "r") as f:
         assert set(f) == {"frames", "labels", "mean_pixel"}
-        # 150 frames, every 10th kept: 15; the marker is on frames 50..79, i.e. kept frames 5, 6, 7.
-        np.testing.assert_array_equal(f["labels"][:], [0, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0])
-        assert f["mean_pixel"].shape == (15, 3) and f["mean_pixel"].dtype == np.int64
+        # 200 frames, every 10th kept: 20; the marker is on frames 50..79, i.e. kept frames 5, 6, 7;
+        # frames 160..169 are black, i.e. kept frame 16.
+        np.testing.assert_array_equal(f["labels"][:], [0] * 5 + [1] * 3 + [0] * 12)
+        assert f["mean_pixel"].shape == (20, 3) and f["mean_pixel"].dtype == np.int64
+        dark = f["mean_pixel"][:].mean(axis=1) <= 10
+        np.testing.assert_array_equal(np.flatnonzero(dark), [16])
         frame = cv2.imdecode(f["frames"][0], cv2.IMREAD_COLOR)  # the published convention: RGB out
         assert frame.shape == (256, 256, 3)
         left, right = frame[:, :100].reshape(-1, 3).mean(0), frame[:, 156:].reshape(-1, 3).mean(0)
@@ -243,7 +246,9 @@ def test_unreadable_video_gives_one_error_line(raw, tmp_path, caplog):
     videos = tmp_path / "videos"
     videos.mkdir()
     (videos / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 100)
-    code = ego4d_to_hdf5.main([str(videos), str(tmp_path / "out")], detector=fixture_data.MarkerHandDetector())
+    code = ego4d_to_hdf5.main(
+        [str(videos), str(tmp_path / "out")], detector=fixture_data.MarkerHandDetector()
+    )
     assert code == 1
     (line,) = error_lines(caplog)
     assert "broken.mp4: unreadable video" in line

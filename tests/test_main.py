@@ -125,7 +125,7 @@ def test_missing_data_variable_is_named(monkeypatch):
     message = str(err.value)
     assert "\n" not in message and "inpaint_4frame_tiny.yaml" in message
     assert "environment variable EGO4D_LOCATION, which is not set" in message
-    assert "data.params.train.params.backgrounds" in message
+    assert "data.params.train.params.background_config" in message
 
 
 # ------------------------------------------------------------------------------ callbacks, logger

@@ -8,16 +8,19 @@ from pathlib import Path
 SUFFIX = ".hdf5"
 
 
-def resolve_hdf5_files(root: str | Path, files: str | Path | Sequence[str] | None = None) -> list[Path]:
+def resolve_hdf5_files(
+    root: str | Path | None, files: str | Path | Sequence[str] | None = None
+) -> list[Path]:
     """The HDF5 files a dataset reads.
 
     `files` is None (every *.hdf5 in `root`), a folder (every *.hdf5 in it), a .txt file with one
     name a line, or a list of names. Folders and .txt files given as relative paths resolve against
     the current directory; names resolve against `root` and may omit the .hdf5 suffix.
     """
-    root = Path(root)
     if files is None:
-        return _folder(root)
+        if root is None:
+            raise ValueError("no files given: set the file list or folder, or the data root")
+        return _folder(Path(root))
     if isinstance(files, str | Path):
         source = Path(files)
         if source.is_dir():
@@ -28,7 +31,9 @@ def resolve_hdf5_files(root: str | Path, files: str | Path | Sequence[str] | Non
         origin = str(source)
     else:
         names, origin = [str(n) for n in files], "the config"
-    paths = [_named(root, name) for name in names]
+    if root is None:
+        raise ValueError(f"{origin} lists file names but no data root is set to find them in")
+    paths = [_named(Path(root), name) for name in names]
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(

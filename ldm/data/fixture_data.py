@@ -4,9 +4,9 @@
 repository's preprocessing scripts on them (scripts/make_fixture_data.py is the command line).
 
 The pictures are synthetic (a panning texture with skin-coloured hands; EGO4D clips with a magenta
-marker standing in for a hand), but folder layout, file names, JSON structure, polygon resolutions
-and video containers are those of the real datasets, so the preprocessing scripts run on them
-unchanged:
+marker standing in for a hand, and a few black frames), but folder layout, file names, JSON
+structure, polygon resolutions and video containers are those of the real datasets, so the
+preprocessing scripts run on them unchanged:
 
   OUT/epic/<participant>/rgb_frames/<video>/frame_0000000001.jpg           456x256 JPEG
   OUT/visor/GroundTruth-SparseAnnotations/annotations/{train,val}/<video>.json   1920x1080 polygons
@@ -75,8 +75,9 @@ FIXTURE_VIDEOS = (
 EGO4D_KITCHEN_UID = "3c0dffd0-e38e-4643-bc48-d513943dc20b"
 EGO4D_OTHER_UID = "9a41c2f0-0b8e-4c11-a7d5-6b1c2f0f0b8e"
 EGO4D_SIZE = (384, 288)
-EGO4D_FRAMES = {EGO4D_KITCHEN_UID: 150, EGO4D_OTHER_UID: 40}
+EGO4D_FRAMES = {EGO4D_KITCHEN_UID: 200, EGO4D_OTHER_UID: 40}
 EGO4D_MARKER_FRAMES = range(50, 80)  # kept frames 5, 6, 7 (every 10th) show the marker
+EGO4D_BLACK_FRAMES = range(160, 170)  # kept frame 16 is black
 EGO4D_LEFT_RGB, EGO4D_RIGHT_RGB = (190, 50, 40), (40, 60, 190)
 
 
@@ -178,8 +179,10 @@ def write_visor(video: FixtureVideo, root: Path) -> None:
         )
 
 
-def ego4d_frame(frame: int, marker: bool) -> np.ndarray:
+def ego4d_frame(frame: int, marker: bool, black: bool) -> np.ndarray:
     width, height = EGO4D_SIZE
+    if black:
+        return np.zeros((height, width, 3), np.uint8)
     rgb = np.empty((height, width, 3), np.uint8)
     rgb[:, : width // 2] = EGO4D_LEFT_RGB
     rgb[:, width // 2 :] = EGO4D_RIGHT_RGB
@@ -202,10 +205,10 @@ def write_ego4d(root: Path) -> None:
             ffmpeg_log_level="error",
         )
         writer.send(None)
+        kitchen = uid == EGO4D_KITCHEN_UID
         for frame in range(count):
-            writer.send(
-                ego4d_frame(frame, uid == EGO4D_KITCHEN_UID and frame in EGO4D_MARKER_FRAMES).tobytes()
-            )
+            marker, black = kitchen and frame in EGO4D_MARKER_FRAMES, kitchen and frame in EGO4D_BLACK_FRAMES
+            writer.send(ego4d_frame(frame, marker, black).tobytes())
         writer.close()
     narrations = {
         EGO4D_KITCHEN_UID: {

@@ -7,6 +7,15 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+INTERPOLATIONS = {"bicubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR, "lanczos": cv2.INTER_LANCZOS4}
+
+
+def interpolation_flag(name: str) -> int:
+    """OpenCV's resampling flag for a dataset's `interpolation` (bicubic, bilinear or lanczos)."""
+    if name not in INTERPOLATIONS:
+        raise ValueError(f"interpolation: {name!r} is not one of {', '.join(INTERPOLATIONS)}")
+    return INTERPOLATIONS[name]
+
 
 def centre_square(width: int, height: int) -> tuple[int, int, int, int]:
     """The largest centred square of a width x height frame, as (x, y, w, h)."""
@@ -14,11 +23,11 @@ def centre_square(width: int, height: int) -> tuple[int, int, int, int]:
     return (width - side) // 2, (height - side) // 2, side, side
 
 
-def square_resize(image: np.ndarray, size: int, interpolation: int = cv2.INTER_CUBIC) -> np.ndarray:
-    """Centre-crop `image` (H, W, C) to its largest square and resize that to size x size."""
+def square_resize(image: np.ndarray, size: int | None, interpolation: int = cv2.INTER_CUBIC) -> np.ndarray:
+    """Centre-crop `image` (H, W, C) to its largest square and resize that to size x size (None: keep)."""
     x, y, side, _ = centre_square(image.shape[1], image.shape[0])
     square = image[y : y + side, x : x + side]
-    if side == size:
+    if size is None or side == size:
         return square
     return cv2.resize(square, (size, size), interpolation=interpolation)
 
@@ -36,15 +45,21 @@ def decode_jpeg(data: np.ndarray | bytes, source: str = "JPEG") -> np.ndarray:
     return image
 
 
-def square_rgb_frames(jpegs: Sequence[np.ndarray], size: int, stored_bgr: bool, source: str) -> np.ndarray:
-    """Decode, centre-crop and resize JPEG frames: (T, size, size, 3) uint8 RGB.
+def square_rgb_frames(
+    jpegs: Sequence[np.ndarray],
+    size: int | None,
+    stored_bgr: bool,
+    source: str,
+    interpolation: int = cv2.INTER_CUBIC,
+) -> np.ndarray:
+    """Decode, centre-crop and resize JPEG frames: (T, size, size, 3) uint8 RGB (size None: the crop's).
 
     `stored_bgr` says the bytes decode to BGR (true of ordinary JPEGs such as EPIC frames, not of
     the EGO4D files).
     """
     frames = []
     for data in jpegs:
-        frame = square_resize(decode_jpeg(data, source), size)
+        frame = square_resize(decode_jpeg(data, source), size, interpolation)
         frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) if stored_bgr else frame)
     return np.stack(frames)
 

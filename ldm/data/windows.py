@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
+EXPONENTIAL = "exponential"
 
-def frame_offsets(num_frames: int, frame_skip: int) -> np.ndarray:
+
+def frame_offsets(num_frames: int, frame_skip: int | str) -> np.ndarray:
     """Offsets of a window's frames from its first frame: 0, frame_skip, 2 * frame_skip, ..."""
+    if frame_skip == EXPONENTIAL:
+        raise ValueError(
+            "frame_skip: 'exponential' (offsets 0, 1, 2, 3, 4, 5, 7, 12, ..., an experiment of the "
+            "published code that no released config uses) is not supported; give an integer"
+        )
     if num_frames < 1 or frame_skip < 1:
         raise ValueError(f"num_frames ({num_frames}) and frame_skip ({frame_skip}) must be at least 1")
     return np.arange(num_frames, dtype=np.int64) * frame_skip

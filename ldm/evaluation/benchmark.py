@@ -46,10 +46,13 @@ def visor_samples(n: int, dataset_params: dict, seed: int = 0) -> Iterator[EvalS
     from ldm.data.no_hands import NoHands
 
     params = {
+        "frame_skip": 36,
+        "num_frames": 4,
         **dataset_params,
         "random_mask_rate": 0.0,
-        "flip_rate": 0.0,
+        "flip_p": 0.0,
         "hand_mask_rate": 1.0,
+        "stack_frames": False,
         "seed": seed,
     }
     dataset = NoHands(**params)
