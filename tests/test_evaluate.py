@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -12,12 +13,15 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from ldm.data import fixture_data
 from ldm.evaluation.baselines import telea, temporal_copy
-from ldm.evaluation.benchmark import synthetic_samples
+from ldm.evaluation.benchmark import EvalSample, synthetic_samples
 from ldm.evaluation.metrics import PerceptualMetrics, psnr, ssim
 from tests.conftest import ROOT
+from tests.data_fixture import shared_fixture_data
 
 sys.path.insert(0, str(ROOT))
+from scripts.evaluate import load_samples, score  # noqa: E402
 from scripts.evaluate import main as evaluate  # noqa: E402
 
 
@@ -132,3 +136,36 @@ def test_evaluate_rejects_unknown_methods(reference, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --methods: magic") and "\n" not in err
     assert not (tmp_path / "e").exists()
+
+
+def test_visor_benchmark_draws_only_hand_free_backgrounds(tmp_path_factory):
+    """Regression: the VISOR benchmark used hand windows as backgrounds, whose truth shows the hands."""
+    data_env = shared_fixture_data(tmp_path_factory)
+    args = argparse.Namespace(
+        data="visor", n=1000, dilation=7, seed=0, epic_root=data_env["EPIC_ROOT"],
+        visor_root=data_env["DATA_LOCATION"], visor_files=data_env["VISOR_VAL_LIST"],
+    )  # fmt: skip
+    samples = load_samples(args, 64)
+    for sample in samples:
+        skin = (np.abs(sample.target.astype(int) - fixture_data.SKIN_RGB) < 25).all(axis=-1)
+        assert not skin.any(), "a benchmark target shows the owner's hands"
+    # P37_102's hand-free frames 141..261 give 13 windows of 109 frames; none has own hands.
+    assert len(samples) == 13
+    assert all(s.known.all() and s.masks[-1].any() for s in samples)
+
+
+def test_score_counts_only_pixels_whose_truth_is_known():
+    """Regression: own-hand pixels of the target were scored, so removing the hands there cost points."""
+    target = np.full((16, 16, 3), 90, np.uint8)
+    masks = np.zeros((2, 16, 16), bool)
+    masks[:, 4:12, 4:12] = True
+    known = np.ones((16, 16), bool)
+    known[4:8, 4:8] = False  # the target still shows an own hand here
+    prediction = target.copy()
+    prediction[4:8, 4:8] = 30  # a method that removed that hand
+    sample = EvalSample(np.stack([target, target]), masks, target, known)
+    scored = score([sample], prediction[None])
+    assert scored["psnr_mask"] == math.inf and scored["psnr"] == math.inf
+    assert scored["ssim_mask"] == pytest.approx(1.0) and scored["ssim"] == pytest.approx(1.0)
+    everywhere = score([EvalSample(sample.frames, masks, target)], prediction[None])
+    assert everywhere["psnr_mask"] < 20

@@ -3,6 +3,8 @@
 Synthetic: held-out sequences (ldm.data.synthetic), the hands drawn over the clean frames.
 VISOR: `NoHands` validation samples, i.e. hands of one EPIC-KITCHENS clip pasted onto hand-free
 frames of another (the paper's protocol); the background's real last frame is the ground truth.
+Only hand-free VISOR backgrounds are used (no hand windows as backgrounds, no EGO4D), and any own
+hands the annotations still give the background's last frame are left out of the scored region.
 """
 
 from __future__ import annotations
@@ -20,11 +22,15 @@ SYNTHETIC_SEED_OFFSET = 10_000_000
 
 @dataclass
 class EvalSample:
-    """frames (T,S,S,3) uint8 as recorded (hands in), masks (T,S,S) bool (dilated), target (S,S,3) uint8."""
+    """frames (T,S,S,3) uint8 as recorded (hands in), masks (T,S,S) bool (dilated), target (S,S,3) uint8.
+
+    `known` (S,S) bool: where the target's truth is known, the only pixels scored (None: everywhere).
+    """
 
     frames: np.ndarray
     masks: np.ndarray
     target: np.ndarray
+    known: np.ndarray | None = None
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -42,22 +48,22 @@ def synthetic_samples(
 
 
 def visor_samples(n: int, dataset_params: dict, seed: int = 0) -> Iterator[EvalSample]:
-    """n `NoHands` samples (pasted hands, no random masks or flips) from fixed seeds."""
+    """n `NoHands` samples (hands masked over hand-free backgrounds, no random masks or flips) from fixed seeds."""
     from ldm.data.no_hands import NoHands
 
     params = {
         "frame_skip": 36,
         "num_frames": 4,
         **dataset_params,
+        "with_hand_bg": False,
+        "background_config": None,
         "random_mask_rate": 0.0,
         "flip_p": 0.0,
         "hand_mask_rate": 1.0,
-        "stack_frames": False,
         "seed": seed,
     }
     dataset = NoHands(**params)
     picks = np.random.default_rng(seed).choice(len(dataset), size=min(n, len(dataset)), replace=False)
     for index in picks:
-        item = dataset[int(index)]
-        frames, target = to_uint8((item["hand_images"] + 1) / 2), to_uint8((item["image"] + 1) / 2)
-        yield EvalSample(frames, item["mask"] > 0, target)
+        sample = dataset.sample(int(index))
+        yield EvalSample(sample.context, sample.mask, sample.target, known=~sample.own_last)

@@ -27,13 +27,23 @@ def ssim(prediction: np.ndarray, target: np.ndarray, region: np.ndarray | None =
     return float(ssim_map[region].mean() if region is not None else ssim_map.mean())
 
 
-def frame_metrics(prediction: np.ndarray, target: np.ndarray, mask: np.ndarray) -> dict[str, float]:
-    """psnr_mask, ssim_mask (over the mask) and psnr, ssim (whole frame)."""
+def frame_metrics(
+    prediction: np.ndarray, target: np.ndarray, mask: np.ndarray, known: np.ndarray | None = None
+) -> dict[str, float]:
+    """psnr_mask, ssim_mask (over the mask) and psnr, ssim (whole frame), only where `known` (if given).
+
+    Pixels whose truth is unknown are left out of the averages and, so that SSIM windows reaching
+    them neither gain nor lose, take the target's values first.
+    """
+    scored = mask
+    if known is not None:
+        prediction = np.where(known[..., None], prediction, target)
+        scored = mask & known
     return {
-        "psnr_mask": psnr(prediction, target, mask),
-        "ssim_mask": ssim(prediction, target, mask),
-        "psnr": psnr(prediction, target),
-        "ssim": ssim(prediction, target),
+        "psnr_mask": psnr(prediction, target, scored),
+        "ssim_mask": ssim(prediction, target, scored),
+        "psnr": psnr(prediction, target, known),
+        "ssim": ssim(prediction, target, known),
     }
 
 
