@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 import torch
 
+import ldm.data.fixture_data as fixture
+from ldm.data.fixture_data import load_script
 from ldm.data.hand_detection import (
     DetectorUnavailable,
     Detectron2HandDetector,
@@ -29,7 +31,6 @@ from ldm.data.hand_detection import (
     frames_with_hand,
     require_complete_load,
 )
-from tests.data_fixture import fixture, load_script
 
 ego4d_to_hdf5 = load_script("ego4d_to_hdf5")
 
