@@ -85,6 +85,7 @@ class DDPM(pl.LightningModule):
         conditioning_key: str | None = None,
         parameterization: str = "eps",
         learning_rate: float | None = None,
+        scheduler_config: Mapping | None = None,
     ):
         super().__init__()
         if beta_schedule != "linear":
@@ -105,6 +106,7 @@ class DDPM(pl.LightningModule):
         self.v_posterior = v_posterior
         self.l_simple_weight = l_simple_weight
         self.learning_rate = learning_rate
+        self.scheduler_config = scheduler_config
         self.model = DiffusionWrapper(unet_config, conditioning_key)
         self.use_ema = use_ema
         if use_ema:
@@ -264,6 +266,13 @@ class DDPM(pl.LightningModule):
         return list(self.model.parameters())
 
     def configure_optimizers(self):
+        """AdamW over the denoiser; with `scheduler_config`, its factor of the rate at every step."""
         if self.learning_rate is None:
             raise ValueError("learning_rate is not set (main.py sets it from model.base_learning_rate)")
-        return torch.optim.AdamW(self.trainable_parameters(), lr=self.learning_rate)
+        optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=self.learning_rate)
+        if self.scheduler_config is None:
+            return optimizer
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, instantiate_from_config(self.scheduler_config)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

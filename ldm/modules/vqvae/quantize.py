@@ -53,6 +53,7 @@ class VectorQuantizer(nn.Module):
         if count:
             flat = rearrange(z, "b c h w -> (b h w) c")
             picks = flat[torch.randint(0, flat.shape[0], (count,), device=z.device)]
+            picks = picks.to(self.embedding.weight.dtype)
             self.embedding.weight[which] = picks + 1e-3 * torch.randn_like(picks)
         return count
 
