@@ -31,6 +31,7 @@ import argparse
 import contextlib
 import importlib.util
 import json
+import logging
 import os
 import resource
 import statistics
@@ -43,7 +44,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytorch_lightning as pl
 import torch
+from omegaconf import OmegaConf
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
+
+from ldm.data.fixture_data import prepare_fixture_data
+from ldm.inference.inpainter import Inpainter, seeded_generator
+from ldm.inference.model import (
+    ModelChoice,
+    load_model,
+    model_resolution,
+    precision,
+    prepare_for_inference,
+    read_model_config,
+)
+from ldm.util import instantiate_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CALIB = ROOT.parent / "shared" / "tools" / "calib.py"
@@ -97,7 +115,6 @@ def yardstick() -> float | None:
 
 
 def unet_config(config: str):
-    from omegaconf import OmegaConf
 
     return OmegaConf.load(ROOT / config).model.params.unet_config
 
@@ -146,10 +163,6 @@ def describe(device: torch.device) -> str:
 
 def work_unet(config: str, batch: int, device: str, dtype: str, repeats: int) -> dict:
     """Forward time and memory of one UNet; the yardstick is read before the model exists."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from ldm.inference.model import precision, prepare_for_inference
-    from ldm.util import instantiate_from_config
 
     dev = torch.device(device)
     stick = yardstick() if dev.type == "cpu" else None
@@ -185,17 +198,6 @@ def work_unet(config: str, batch: int, device: str, dtype: str, repeats: int) ->
 
 def work_ddim(config: str, checkpoint: str | None, device: str, dtype: str, steps: int) -> dict:
     """The demo workload: 4 targets (4 frames each) at the model's size, DDIM `steps` with eta 1."""
-    from omegaconf import OmegaConf
-
-    from ldm.inference.inpainter import Inpainter, seeded_generator
-    from ldm.inference.model import (
-        ModelChoice,
-        load_model,
-        model_resolution,
-        prepare_for_inference,
-        read_model_config,
-    )
-    from ldm.util import instantiate_from_config
 
     dev, torch_dtype = torch.device(device), DTYPES[dtype]
     if checkpoint:
@@ -229,9 +231,6 @@ def work_ddim(config: str, checkpoint: str | None, device: str, dtype: str, step
 def work_make_checkpoint(config: str, path: str) -> dict:
     """A checkpoint of `config` in the released layout: state_dict (weights, EMA, schedule), AdamW
     state for every trainable parameter, and Lightning's bookkeeping."""
-    from omegaconf import OmegaConf
-
-    from ldm.util import instantiate_from_config
 
     model = instantiate_from_config(OmegaConf.load(ROOT / config).model)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -259,7 +258,6 @@ def work_make_checkpoint(config: str, path: str) -> dict:
 
 def work_load(config: str, path: str) -> dict:
     """Load for inference (fp32, CPU), touch every kept weight, report peak RSS against their bytes."""
-    from ldm.inference.model import ModelChoice, load_model
 
     baseline = rss_gib()
     start = time.perf_counter()
@@ -281,7 +279,6 @@ def work_load(config: str, path: str) -> dict:
 
 def random_batch(model_config, batch: int) -> dict[str, torch.Tensor]:
     """A training batch of the model's shapes with random values (the values do not change the cost)."""
-    from ldm.inference.model import model_resolution
 
     size, latent = model_resolution(model_config), int(model_config.params.unet_config.params.image_size)
     frames = int(model_config.params.unet_config.params.get("dim_join", {}).get("num", 4))
@@ -295,13 +292,6 @@ def random_batch(model_config, batch: int) -> dict[str, torch.Tensor]:
 
 
 def work_train(config: str, batch: int, precision: str, steps: int) -> dict:
-    import logging
-
-    import pytorch_lightning as pl
-    from omegaconf import OmegaConf
-    from torch.utils.data import DataLoader
-
-    from ldm.util import instantiate_from_config
 
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     cfg = OmegaConf.load(ROOT / config)
@@ -338,10 +328,6 @@ def work_train(config: str, batch: int, precision: str, steps: int) -> dict:
 
 
 def work_data(samples: int) -> dict:
-    from omegaconf import OmegaConf
-
-    from ldm.data.fixture_data import prepare_fixture_data
-    from ldm.util import instantiate_from_config
 
     with tempfile.TemporaryDirectory() as tmp:
         data = OmegaConf.load(ROOT / OFFICIAL).data
@@ -510,7 +496,6 @@ def table(rows: list[dict] | None, title: str, columns: list[str]) -> None:
 def gpu_check() -> dict:
     """The official config's demo workload in bf16 on CUDA: 4 targets x 200 DDIM steps after a warm-up,
     the achieved TFLOP/s, and the SDPA kernel CUDA picks for the model's attention shapes."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
 
     results = {"peak": work_peak("cuda")}
     results["ddim"] = [work_ddim(OFFICIAL, None, "cuda", "bf16", 200)]

@@ -18,7 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ldm.data.preparation import InputError, configure_logging, read_json, refuse_overwrite, write_lines
+from ldm.data.preparation import configure_logging, read_json, refuse_overwrite, write_lines
+from ldm.util import InputError
 
 log = logging.getLogger("ego4d_kitchen_ids")
 

@@ -46,7 +46,8 @@ from ldm.data.hand_detection import (
     HandDetector,
 )
 from ldm.data.images import square_resize
-from ldm.data.preparation import InputError, Job, configure_logging, read_id_list, run_jobs
+from ldm.data.preparation import Job, configure_logging, read_id_list, run_jobs
+from ldm.util import InputError, first_line
 
 FRAME_STEP = 10
 FRAME_SIZE = 256
@@ -62,8 +63,7 @@ def sampled_frames(video: Path, step: int = FRAME_STEP) -> Iterator[np.ndarray]:
         for raw in reader:
             yield np.frombuffer(raw, np.uint8).reshape(height, width, 3)
     except (OSError, RuntimeError, StopIteration) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(f"{video}: unreadable video ({reason})") from None
+        raise InputError(f"{video}: unreadable video ({first_line(err)})") from None
 
 
 def batches(video: Path, batch_size: int) -> Iterator[list[np.ndarray]]:

@@ -17,7 +17,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ldm.data.preparation import InputError, Job, configure_logging, run_jobs
+from ldm.data.preparation import Job, configure_logging, run_jobs
+from ldm.util import InputError
 
 FRAME_PREFIX = "frame_"
 JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"

@@ -18,7 +18,8 @@ import logging
 import sys
 from pathlib import Path
 
-from ldm.data.preparation import InputError, configure_logging, refuse_overwrite, write_lines
+from ldm.data.preparation import configure_logging, refuse_overwrite, write_lines
+from ldm.util import InputError
 
 log = logging.getLogger("make_splits")
 

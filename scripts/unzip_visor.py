@@ -17,7 +17,8 @@ import zlib
 from functools import partial
 from pathlib import Path
 
-from ldm.data.preparation import InputError, Job, atomic_output, configure_logging, run_jobs
+from ldm.data.preparation import Job, atomic_output, configure_logging, run_jobs
+from ldm.util import InputError
 
 
 def members(archive: Path) -> list[zipfile.ZipInfo]:

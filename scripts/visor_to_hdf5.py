@@ -37,8 +37,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ldm.data.preparation import InputError, Job, configure_logging, read_json, run_jobs, shard_of
-from ldm.utils.visor_utils import (
+from ldm.data.preparation import Job, configure_logging, read_json, run_jobs, shard_of
+from ldm.data.visor import (
     DENSE_SIZE,
     EPIC_SIZE,
     SPARSE_SIZE,
@@ -47,6 +47,7 @@ from ldm.utils.visor_utils import (
     hands_present,
     sparse_frame_number,
 )
+from ldm.util import InputError
 
 DENSE_SUFFIX = "_interpolations"
 SPARSE_DIR = "GroundTruth-SparseAnnotations"

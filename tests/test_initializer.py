@@ -1,4 +1,4 @@
-"""InpaintingInit maps the 2D inpainting_big checkpoint onto the 3D VIDM model (SPEC 3.5)."""
+"""InpaintingInit maps the 2D inpainting_big checkpoint onto the 3D VIDM model (2D weights inflated to (1,k,k) kernels; the new frame-join conv keeps its initialisation)."""
 
 from __future__ import annotations
 

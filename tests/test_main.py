@@ -4,6 +4,7 @@ and the one-line errors of the command."""
 from __future__ import annotations
 
 import os
+import pdb
 import random
 import subprocess
 import sys
@@ -18,9 +19,19 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch.utils.data import Dataset
 
+import ldm.training.trainer as trainer
 import main
-from ldm.util import to_uint8
-from ldm.utils.image_grid import image_grid, squarish_columns
+from ldm.training.callbacks import LastCheckpoint, SetupCallback, image_grid, squarish_columns
+from ldm.training.cli import build_parser, explicit_flag_values
+from ldm.training.runs import RunPaths, check_resolvable, fresh_run, load_configs, resumed_run, saved_configs
+from ldm.training.trainer import (
+    build_callbacks,
+    build_logger,
+    build_model,
+    scaled_learning_rate,
+    trainer_arguments,
+)
+from ldm.util import InputError, to_uint8
 from tests.conftest import ROOT
 
 OFFICIAL = ROOT / "configs" / "inpaint_4frame.yaml"
@@ -29,7 +40,7 @@ DATA_VARIABLES = ("EPIC_ROOT", "DATA_LOCATION", "EGO4D_LOCATION")
 
 
 def parse(*argv: str):
-    return main.build_parser().parse_known_args(main.explicit_flag_values(list(argv)))
+    return build_parser().parse_known_args(explicit_flag_values(list(argv)))
 
 
 # ---------------------------------------------------------------------------------- command line
@@ -47,7 +58,7 @@ def test_boolean_flags_do_not_swallow_overrides():
 
 def test_help_lists_the_original_flags(capsys):
     with pytest.raises(SystemExit) as done:
-        main.build_parser().parse_args(["--help"])
+        build_parser().parse_args(["--help"])
     assert done.value.code == 0
     text = capsys.readouterr().out
     for flag in ("--base", "--train", "--no-test", "--resume", "--name", "--project", "--debug", "--seed"):
@@ -67,7 +78,7 @@ def test_help_lists_the_original_flags(capsys):
     ],
 )
 def test_gpus_flag_maps_to_lightning_devices(tmp_path, gpus, devices, strategy):
-    kwargs = main.trainer_arguments(OmegaConf.create({"benchmark": True}), gpus, tmp_path)
+    kwargs = trainer_arguments(OmegaConf.create({"benchmark": True}), gpus, tmp_path)
     assert kwargs["accelerator"] == ("cpu" if gpus is None else "gpu")
     assert kwargs["devices"] == devices and kwargs.get("strategy") == strategy
     assert kwargs["benchmark"] is True and kwargs["default_root_dir"] == str(tmp_path)
@@ -75,18 +86,18 @@ def test_gpus_flag_maps_to_lightning_devices(tmp_path, gpus, devices, strategy):
 
 def test_trainer_config_sets_any_trainer_argument(tmp_path):
     config = OmegaConf.create({"accelerator": "cpu", "devices": 2, "strategy": "ddp", "max_steps": 9})
-    kwargs = main.trainer_arguments(config, None, tmp_path)
+    kwargs = trainer_arguments(config, None, tmp_path)
     assert (kwargs["devices"], kwargs["strategy"], kwargs["max_steps"]) == (2, "ddp", 9)
-    several_nodes = main.trainer_arguments(OmegaConf.create({"num_nodes": 2}), "0", tmp_path)
+    several_nodes = trainer_arguments(OmegaConf.create({"num_nodes": 2}), "0", tmp_path)
     assert several_nodes["strategy"] == "ddp" and several_nodes["num_nodes"] == 2
-    kept = main.trainer_arguments(
+    kept = trainer_arguments(
         OmegaConf.create({"strategy": "ddp_find_unused_parameters_true"}), "0,1", tmp_path
     )
     assert kept["strategy"] == "ddp_find_unused_parameters_true"
-    with pytest.raises(main.UsageError, match="lightning.trainer.gpus: not an argument"):
-        main.trainer_arguments(OmegaConf.create({"gpus": 2}), None, tmp_path)
-    with pytest.raises(main.UsageError, match="--gpus: expected GPU indices"):
-        main.trainer_arguments(OmegaConf.create(), "zero", tmp_path)
+    with pytest.raises(InputError, match="lightning.trainer.gpus: not an argument"):
+        trainer_arguments(OmegaConf.create({"gpus": 2}), None, tmp_path)
+    with pytest.raises(InputError, match="--gpus: expected GPU indices"):
+        trainer_arguments(OmegaConf.create(), "zero", tmp_path)
 
 
 # --------------------------------------------------------------------------------------- configs
@@ -95,7 +106,7 @@ def test_trainer_config_sets_any_trainer_argument(tmp_path):
 def test_configs_merge_left_to_right_then_overrides(tmp_path):
     extra = tmp_path / "extra.yaml"
     extra.write_text("data:\n  params:\n    batch_size: 3\n    num_workers: 1\n")
-    config = main.load_configs(
+    config = load_configs(
         [str(OFFICIAL), str(extra)], ["data.params.batch_size=5", "lightning.trainer.max_steps=7"]
     )
     assert (config.data.params.batch_size, config.data.params.num_workers) == (5, 1)
@@ -104,24 +115,24 @@ def test_configs_merge_left_to_right_then_overrides(tmp_path):
 
 
 def test_config_errors_are_one_line(tmp_path):
-    with pytest.raises(main.UsageError, match="absent.yaml: no such config file"):
-        main.load_configs([str(tmp_path / "absent.yaml")], [])
+    with pytest.raises(InputError, match="absent.yaml: no such config file"):
+        load_configs([str(tmp_path / "absent.yaml")], [])
     broken = tmp_path / "broken.yaml"
     broken.write_text("model: [unclosed\n")
-    with pytest.raises(main.UsageError, match="broken.yaml: not a valid YAML config") as err:
-        main.load_configs([str(broken)], [])
+    with pytest.raises(InputError, match="broken.yaml: not a valid YAML config") as err:
+        load_configs([str(broken)], [])
     assert "\n" not in str(err.value)
-    with pytest.raises(main.UsageError, match="unrecognised argument '--bogus'"):
-        main.load_configs([str(TINY)], ["--bogus"])
+    with pytest.raises(InputError, match="unrecognised argument '--bogus'"):
+        load_configs([str(TINY)], ["--bogus"])
 
 
 def test_missing_data_variable_is_named(monkeypatch):
     for name in DATA_VARIABLES:
         monkeypatch.setenv(name, "/data")
     monkeypatch.delenv("EGO4D_LOCATION")
-    config = main.load_configs([str(TINY)], [])
-    with pytest.raises(main.UsageError) as err:
-        main.check_resolvable(config, [str(TINY)])
+    config = load_configs([str(TINY)], [])
+    with pytest.raises(InputError) as err:
+        check_resolvable(config, [str(TINY)])
     message = str(err.value)
     assert "\n" not in message and "inpaint_4frame_tiny.yaml" in message
     assert "environment variable EGO4D_LOCATION, which is not set" in message
@@ -132,10 +143,10 @@ def test_missing_data_variable_is_named(monkeypatch):
 
 
 def test_callbacks_follow_the_lightning_config(tmp_path):
-    lightning = main.load_configs([str(OFFICIAL)], []).lightning
-    paths = main.RunPaths(tmp_path / "run")
-    setup = main.SetupCallback(paths, "now", OmegaConf.create(), lightning)
-    callbacks = main.build_callbacks(lightning, paths, "val/loss_ema", setup)
+    lightning = load_configs([str(OFFICIAL)], []).lightning
+    paths = RunPaths(tmp_path / "run")
+    setup = SetupCallback(paths, "now", OmegaConf.create(), lightning)
+    callbacks = build_callbacks(lightning, paths, "val/loss_ema", setup)
     by_type = {type(c): c for c in callbacks}
     image_logger = by_type[main.ImageLogger]
     assert (image_logger.batch_frequency, image_logger.max_images, image_logger.increase_log_steps) == (
@@ -147,8 +158,8 @@ def test_callbacks_follow_the_lightning_config(tmp_path):
     checkpoint = by_type[ModelCheckpoint]
     assert checkpoint.monitor == "val/loss_ema" and checkpoint.save_top_k == 1
     assert Path(checkpoint.dirpath) == paths.ckptdir
-    assert by_type[main.LastCheckpoint].path == paths.ckptdir / "last.ckpt"
-    assert callbacks.index(by_type[main.LastCheckpoint]) > callbacks.index(checkpoint)
+    assert by_type[LastCheckpoint].path == paths.ckptdir / "last.ckpt"
+    assert callbacks.index(by_type[LastCheckpoint]) > callbacks.index(checkpoint)
     assert isinstance(by_type[LearningRateMonitor], LearningRateMonitor) and callbacks[0] is setup
 
     user = OmegaConf.create(
@@ -161,7 +172,7 @@ def test_callbacks_follow_the_lightning_config(tmp_path):
             },
         }
     )
-    callbacks = main.build_callbacks(user, paths, None, setup)
+    callbacks = build_callbacks(user, paths, None, setup)
     names = [type(c).__name__ for c in callbacks]
     assert names == ["SetupCallback", "LearningRateMonitor", "ModelCheckpoint", "LastCheckpoint", "Timer"]
     assert callbacks[1].logging_interval == "epoch"
@@ -169,12 +180,12 @@ def test_callbacks_follow_the_lightning_config(tmp_path):
 
 
 def test_default_logger_is_tensorboard_in_the_run_directory(tmp_path):
-    paths = main.RunPaths(tmp_path / "run")
-    logger = main.build_logger(OmegaConf.create(), paths)
+    paths = RunPaths(tmp_path / "run")
+    logger = build_logger(OmegaConf.create(), paths)
     assert isinstance(logger, TensorBoardLogger)
     assert Path(logger.log_dir) == paths.logdir / "tensorboard"
     csv_node = {"target": "pytorch_lightning.loggers.CSVLogger", "params": {"save_dir": str(tmp_path)}}
-    csv = main.build_logger(OmegaConf.create({"logger": csv_node}), paths)
+    csv = build_logger(OmegaConf.create({"logger": csv_node}), paths)
     assert type(csv).__name__ == "CSVLogger" and Path(csv.save_dir) == tmp_path
 
 
@@ -182,13 +193,13 @@ def test_scaled_learning_rate():
     config = OmegaConf.create({"model": {"base_learning_rate": 1e-6}, "data": {"params": {"batch_size": 48}}})
     trainer = SimpleNamespace(accumulate_grad_batches=2, num_devices=4, num_nodes=2)
     model = SimpleNamespace(learning_rate=None)
-    main.scaled_learning_rate(model, config, trainer, scale=True)
+    scaled_learning_rate(model, config, trainer, scale=True)
     assert model.learning_rate == pytest.approx(2 * 4 * 2 * 48 * 1e-6)
-    main.scaled_learning_rate(model, config, trainer, scale=False)
+    scaled_learning_rate(model, config, trainer, scale=False)
     assert model.learning_rate == 1e-6
     del config.model.base_learning_rate
-    with pytest.raises(main.UsageError, match="no model.base_learning_rate"):
-        main.scaled_learning_rate(model, config, trainer, scale=True)
+    with pytest.raises(InputError, match="no model.base_learning_rate"):
+        scaled_learning_rate(model, config, trainer, scale=True)
 
 
 def test_image_logger_schedule():
@@ -256,7 +267,7 @@ def test_data_module_splits():
     data = main.DataModuleFromConfig(batch_size=2, train=node, validation=node)
     data.setup("fit")
     assert set(data.datasets) == {"train", "validation"} and not data.has_split("test")
-    with pytest.raises(main.UsageError, match="no data.params.test dataset"):
+    with pytest.raises(InputError, match="no data.params.test dataset"):
         data.test_dataloader()
 
 
@@ -298,7 +309,7 @@ def test_a_fresh_run_applies_the_initializer(tmp_path, target, expected):
             "initializer": {"target": f"tests.test_main.{target}", "params": {"value": 0.5}},
         }
     )
-    model = main.build_model(config, main.RunPaths(tmp_path / "run"))
+    model = build_model(config, RunPaths(tmp_path / "run"))
     assert torch.equal(model.weight, torch.full((2, 2), expected))
 
 
@@ -375,15 +386,15 @@ def test_usage_errors_from_main_function(tmp_path, capsys):
 
 def test_run_directory_name(tmp_path):
     opt, _ = parse("-b", "configs/inpaint_4frame.yaml", "-l", str(tmp_path), "-p", "vidm", "-f", "_lr2")
-    assert main.fresh_run(opt, "2024-05-01T10-00-00").logdir == (
+    assert fresh_run(opt, "2024-05-01T10-00-00").logdir == (
         tmp_path / "vidm" / "2024-05-01T10-00-00_inpaint_4frame_lr2"
     )
     opt, _ = parse("-b", "a.yaml", "-l", str(tmp_path), "-n", "first")
-    paths = main.fresh_run(opt, "now")
+    paths = fresh_run(opt, "now")
     assert paths.logdir == tmp_path / "now_first" and paths.ckptdir == tmp_path / "now_first" / "checkpoints"
     paths.logdir.mkdir()
-    with pytest.raises(main.UsageError, match="already exists"):
-        main.fresh_run(opt, "now")
+    with pytest.raises(InputError, match="already exists"):
+        fresh_run(opt, "now")
 
 
 def test_resume_from_a_directory_or_a_checkpoint(tmp_path):
@@ -391,21 +402,21 @@ def test_resume_from_a_directory_or_a_checkpoint(tmp_path):
     checkpoints.mkdir(parents=True)
     (checkpoints / "last.ckpt").touch()
     (checkpoints / "best-epoch=000001.ckpt").touch()
-    from_dir = main.resumed_run(str(tmp_path / "run"))
+    from_dir = resumed_run(str(tmp_path / "run"))
     assert (from_dir.logdir, from_dir.resume_checkpoint) == (
         tmp_path / "run",
         checkpoints / "last.ckpt",
     )
-    from_file = main.resumed_run(str(checkpoints / "best-epoch=000001.ckpt"))
+    from_file = resumed_run(str(checkpoints / "best-epoch=000001.ckpt"))
     assert (
         from_file.logdir == tmp_path / "run" and from_file.resume_checkpoint.name == "best-epoch=000001.ckpt"
     )
     stray = tmp_path / "stray.ckpt"
     stray.touch()
-    with pytest.raises(main.UsageError, match="not inside a run's checkpoints/ directory"):
-        main.resumed_run(str(stray))
-    with pytest.raises(main.UsageError, match="no saved configs"):
-        main.saved_configs(from_dir)
+    with pytest.raises(InputError, match="not inside a run's checkpoints/ directory"):
+        resumed_run(str(stray))
+    with pytest.raises(InputError, match="no saved configs"):
+        saved_configs(from_dir)
 
 
 def test_debug_flag_opens_post_mortem(monkeypatch):
@@ -413,8 +424,8 @@ def test_debug_flag_opens_post_mortem(monkeypatch):
         raise RuntimeError("a bug")
 
     entered = []
-    monkeypatch.setattr(main, "run", broken)
-    monkeypatch.setattr(main.pdb, "post_mortem", entered.append)  # stands in for the interactive debugger
+    monkeypatch.setattr(trainer, "run", broken)
+    monkeypatch.setattr(pdb, "post_mortem", entered.append)  # stands in for the interactive debugger
     assert main.main(["-b", "x.yaml", "-d"]) == 1 and len(entered) == 1
     with pytest.raises(RuntimeError, match="a bug"):
         main.main(["-b", "x.yaml"])

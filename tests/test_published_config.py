@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import main
+from ldm.training.runs import check_resolvable, load_configs
 from ldm.util import instantiate_from_config
 from tests.conftest import ROOT
 from tests.data_fixture import shared_fixture_data
@@ -34,8 +34,8 @@ def published_data(data_env, monkeypatch):
         monkeypatch.setenv(name, data_env[name])
     overrides = [f"data.params.{split}.params.visor_files={data_env[v]}" for split, v in SPLIT_LISTS.items()]
     overrides += ["data.params.batch_size=2", "data.params.num_workers=0"]
-    config = main.load_configs([str(PUBLISHED_CONFIG)], overrides)  # as `main.py --base FILE key=value`
-    main.check_resolvable(config, [str(PUBLISHED_CONFIG)])
+    config = load_configs([str(PUBLISHED_CONFIG)], overrides)  # as `main.py --base FILE key=value`
+    check_resolvable(config, [str(PUBLISHED_CONFIG)])
     return instantiate_from_config(config.data)
 
 

@@ -15,8 +15,10 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from ldm.checkpoint import CheckpointError
+from ldm.training.callbacks import LastCheckpoint, SetupCallback
+from ldm.training.runs import RunPaths
+from ldm.training.trainer import build_model
 from ldm.util import instantiate_from_config
-from main import LastCheckpoint, RunPaths, SetupCallback, build_model
 from tests.conftest import ROOT
 
 TINY_CONFIG = ROOT / "configs" / "inpaint_4frame_tiny.yaml"

@@ -18,6 +18,9 @@ from types import SimpleNamespace
 from typing import Any, Protocol
 
 import numpy as np
+import PIL
+import torch
+import yaml  # detectron2's configs are YAML; it depends on PyYAML
 
 from ldm.util import first_line
 
@@ -104,7 +107,6 @@ def detector_inputs(
     frames: Sequence[np.ndarray], resize: Callable[[np.ndarray], np.ndarray], bgr: bool
 ) -> list[dict[str, Any]]:
     """detectron2's inputs for full RGB frames: its channel order, its test-time resize, the original size."""
-    import torch
 
     inputs = []
     for frame in frames:
@@ -116,7 +118,6 @@ def detector_inputs(
 
 
 def _import_torchvision() -> None:
-    import torch
 
     try:
         import torchvision  # noqa: F401  (detectron2's box ops: NMS, RoIAlign)
@@ -146,7 +147,6 @@ def _from_compiled_ops(err: BaseException) -> bool:
 
 def _detectron2_import_error(err: BaseException) -> DetectorUnavailable:
     """One line naming why detectron2 did not import and how to fix it."""
-    import torch
 
     cause = first_line(err)
     if isinstance(err, ModuleNotFoundError) and not (err.name or "").startswith("detectron2"):
@@ -155,8 +155,6 @@ def _detectron2_import_error(err: BaseException) -> DetectorUnavailable:
             "detectron2 with its dependencies"
         )
     if isinstance(err, AttributeError) and "LINEAR" in cause:
-        import PIL
-
         return DetectorUnavailable(
             f"this detectron2 (0.6 or older) uses PIL.Image.LINEAR, which Pillow 10 removed (installed: Pillow "
             f"{PIL.__version__}): {BUILD_HINT} (its source no longer uses it), or install 'Pillow<10'"
@@ -226,7 +224,6 @@ def load_weights(d2: SimpleNamespace, model: Any, weights: Path) -> LoadReport |
 
 def read_config(d2: SimpleNamespace, config_file: Path) -> Any:
     """detectron2's defaults merged with `config_file` (and the files it names as _BASE_), unchanged."""
-    import yaml  # detectron2's configs are YAML; it depends on PyYAML
 
     cfg = d2.get_cfg()
     try:
@@ -252,7 +249,6 @@ class Detectron2HandDetector:
             if not Path(path).is_file():
                 raise DetectorUnavailable(f"{path}: not found; {INSTALL_HINT}")
         d2 = import_detectron2()
-        import torch
 
         cfg = read_config(d2, Path(config_file))
         cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = threshold
@@ -277,7 +273,6 @@ class Detectron2HandDetector:
         return self.test_resize.get_transform(image).apply_image(image)
 
     def __call__(self, frames: Sequence[np.ndarray]) -> list[bool]:
-        import torch
 
         with torch.inference_mode():
             outputs = self.model(detector_inputs(frames, self.resize, self.bgr))

@@ -17,7 +17,7 @@ def interpolation_flag(name: str) -> int:
     return INTERPOLATIONS[name]
 
 
-def centre_square(width: int, height: int) -> tuple[int, int, int, int]:
+def centre_square_box(width: int, height: int) -> tuple[int, int, int, int]:
     """The largest centred square of a width x height frame, as (x, y, w, h)."""
     side = min(width, height)
     return (width - side) // 2, (height - side) // 2, side, side
@@ -25,7 +25,7 @@ def centre_square(width: int, height: int) -> tuple[int, int, int, int]:
 
 def square_resize(image: np.ndarray, size: int | None, interpolation: int = cv2.INTER_CUBIC) -> np.ndarray:
     """Centre-crop `image` (H, W, C) to its largest square and resize that to size x size (None: keep)."""
-    x, y, side, _ = centre_square(image.shape[1], image.shape[0])
+    x, y, side, _ = centre_square_box(image.shape[1], image.shape[0])
     square = image[y : y + side, x : x + side]
     if size is None or side == size:
         return square

@@ -50,17 +50,17 @@ from torch.utils.data import Dataset
 
 from ldm.data.files import resolve_hdf5_files
 from ldm.data.images import (
-    centre_square,
+    centre_square_box,
     interpolation_flag,
     square_resize,
     square_rgb_frames,
     to_model_range,
 )
 from ldm.data.masks import RandomMasks
+from ldm.data.visor import DENSE_SIZE, EPIC_SIZE, Raster, hand_polygons
 from ldm.data.windows import frame_offsets, window_starts
 from ldm.data.worker_state import WorkerState
 from ldm.util import instantiate_from_config
-from ldm.utils.visor_utils import DENSE_SIZE, EPIC_SIZE, Raster, hand_polygons
 
 DENSE_SUFFIX = "_interpolations"
 UNSUPPORTED_DIAGNOSTICS = ("diagnostic_mask", "diagnostic_diff_frame")
@@ -198,7 +198,9 @@ class NoHands(Dataset):
         self.add_hands = add_hands
         self.offsets = frame_offsets(num_frames, frame_skip)
         self.kernel = np.ones((mask_dilation, mask_dilation), np.uint8) if mask_dilation > 1 else None
-        self.raster = Raster.between(DENSE_SIZE, EPIC_SIZE, centre_square(*EPIC_SIZE), (self.size, self.size))
+        self.raster = Raster.between(
+            DENSE_SIZE, EPIC_SIZE, centre_square_box(*EPIC_SIZE), (self.size, self.size)
+        )
         self.random_masks = RandomMasks()
         self.state = WorkerState(seed)
         self._index_visor(Path(epic_hdf5_root), resolve_hdf5_files(data_root, visor_files))

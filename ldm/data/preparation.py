@@ -14,13 +14,11 @@ from typing import Any
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from ldm.util import InputError
+
 log = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = ".partial"
-
-
-class InputError(Exception):
-    """Unreadable or inconsistent input; the message is one line naming the file and the problem."""
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import skimage.data
 
 # Colour photographs and grey textures of skimage.data. The held-out ones never appear in
 # training: the evaluation benchmark and demo_data/ are made from them.
@@ -47,7 +48,6 @@ KIND_WEIGHTS_WITHOUT_WALLPAPERS = {"photo": 0.5, "texture": 0.2, "procedural": 0
 @functools.cache
 def load_source(name: str) -> np.ndarray:
     """An skimage.data image as float32 RGB in [0,1], resized so its short side is CANVAS."""
-    import skimage.data
 
     image = np.asarray(getattr(skimage.data, name)())
     if image.dtype == bool:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ldm.data.no_hands import NoHands
 from ldm.data.synthetic import dilate, make_sequence
 
 SYNTHETIC_SEED_OFFSET = 10_000_000
@@ -49,7 +50,6 @@ def synthetic_samples(
 
 def visor_samples(n: int, dataset_params: dict, seed: int = 0) -> Iterator[EvalSample]:
     """n `NoHands` samples (hands masked over hand-free backgrounds, no random masks or flips) from fixed seeds."""
-    from ldm.data.no_hands import NoHands
 
     params = {
         "frame_skip": 36,

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from skimage.metrics import structural_similarity
 
+from ldm.util import first_line
+
 UNAVAILABLE = "unavailable"
 
 
@@ -47,9 +49,8 @@ def frame_metrics(
     }
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0][:120]}" if text else type(err).__name__
+def _reason(err: BaseException) -> str:
+    return f"{type(err).__name__}: {first_line(err)[:120]}"
 
 
 @functools.cache
@@ -59,7 +60,7 @@ def _lpips_network() -> tuple[Any, str]:
 
         return lpips.LPIPS(net="alex", verbose=False).eval(), "available"
     except Exception as err:  # missing package, missing weights, no network: all mean "not here"
-        return None, f"{UNAVAILABLE} ({_first_line(err)})"
+        return None, f"{UNAVAILABLE} ({_reason(err)})"
 
 
 def _fid_metric() -> tuple[Any, str]:
@@ -68,7 +69,7 @@ def _fid_metric() -> tuple[Any, str]:
 
         return FrechetInceptionDistance(feature=2048), "available"
     except Exception as err:  # torch-fidelity's Inception weights are a download
-        return None, f"{UNAVAILABLE} ({_first_line(err)})"
+        return None, f"{UNAVAILABLE} ({_reason(err)})"
 
 
 def _to_tensor(image: np.ndarray) -> torch.Tensor:

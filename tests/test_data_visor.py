@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ldm.utils.visor_utils import (
+from ldm.data.visor import (
     DENSE_SIZE,
     EPIC_SIZE,
     SPARSE_SIZE,

@@ -1,0 +1,220 @@
+"""Building and running the Trainer for main.py: devices, learning rate, callbacks, logger, the model
+(with its initializer) and the data, then fit and test."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import logging
+import pdb
+import sys
+import traceback
+from datetime import datetime
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
+from pytorch_lightning.utilities.model_helpers import is_overridden
+
+from ldm.checkpoint import CheckpointError, load_state_into, read_state_dict
+from ldm.training.callbacks import SetupCallback
+from ldm.training.cli import build_parser, explicit_flag_values
+from ldm.training.runs import TIMESTAMP_FORMAT, RunPaths, merged_node, prepare_run
+from ldm.util import ConfigError, InputError, first_line, instantiate_from_config
+
+log = logging.getLogger("main")
+
+
+def parse_gpus(text: str) -> list[int] | int:
+    """'0,1,2,3' (or '0,') → [0, 1, 2, 3]; '-1' → -1 (every GPU)."""
+    if text.strip() == "-1":
+        return -1
+    items = [item for item in text.split(",") if item.strip()]
+    if not items or not all(item.strip().isdigit() for item in items):
+        raise InputError(f"--gpus: expected GPU indices such as 0,1,2,3, got {text!r}")
+    return [int(item) for item in items]
+
+
+def trainer_arguments(trainer_config: DictConfig, gpus: str | None, default_root_dir: Path) -> dict[str, Any]:
+    """Trainer kwargs: CPU unless --gpus; lightning.trainer.* from the config adds or overrides."""
+    kwargs: dict[str, Any] = {"accelerator": "cpu", "devices": 1, "default_root_dir": str(default_root_dir)}
+    kwargs.update(OmegaConf.to_container(trainer_config, resolve=True))
+    if gpus is not None:
+        devices = parse_gpus(gpus)
+        several = devices == -1 or len(devices) > 1 or int(kwargs.get("num_nodes", 1)) > 1
+        kwargs.update(accelerator="gpu", devices=devices)
+        kwargs.setdefault("strategy", "ddp" if several else "auto")
+    accepted = inspect.signature(pl.Trainer.__init__).parameters
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise InputError(f"lightning.trainer.{unknown[0]}: not an argument of pytorch_lightning.Trainer")
+    return kwargs
+
+
+def scaled_learning_rate(
+    model: pl.LightningModule, config: DictConfig, trainer: pl.Trainer, scale: bool
+) -> None:
+    """Set model.learning_rate from model.base_learning_rate, scaled as the published main.py does."""
+    if config.model.get("base_learning_rate") is None:
+        raise InputError("the config has no model.base_learning_rate")
+    base_lr = float(config.model.base_learning_rate)
+    if not scale:
+        model.learning_rate = base_lr
+        log.info("learning rate %.2e (--scale_lr false)", base_lr)
+        return
+    batch_size = int(config.data.params.batch_size)
+    accumulate, processes = trainer.accumulate_grad_batches, trainer.num_devices * trainer.num_nodes
+    model.learning_rate = accumulate * processes * batch_size * base_lr
+    log.info(
+        "learning rate %.2e = %d (accumulate_grad_batches) x %d (devices x nodes) x %d (batch size) x %.2e (base)",
+        model.learning_rate,
+        accumulate,
+        processes,
+        batch_size,
+        base_lr,
+    )
+
+
+def default_callbacks(paths: RunPaths, monitor: str | None) -> dict[str, dict]:
+    return {
+        "learning_rate_logger": {
+            "target": "pytorch_lightning.callbacks.LearningRateMonitor",
+            "params": {"logging_interval": "step"},
+        },
+        "image_logger": {
+            "target": "ldm.training.callbacks.ImageLogger",
+            "params": {"batch_frequency": 1000, "max_images": 4, "save_dir": str(paths.imgdir)},
+        },
+        "checkpoint": {
+            "target": "pytorch_lightning.callbacks.ModelCheckpoint",
+            "params": {
+                "dirpath": str(paths.ckptdir),
+                "filename": "best-{epoch:06}-{step:09}",
+                "save_last": False,
+                "monitor": monitor,
+                "mode": "min",
+                "save_top_k": 1 if monitor else 0,
+                "verbose": True,
+            },
+        },
+        "last_checkpoint": {
+            "target": "ldm.training.callbacks.LastCheckpoint",
+            "params": {"dirpath": str(paths.ckptdir)},
+        },
+    }
+
+
+def build_callbacks(
+    lightning_config: DictConfig, paths: RunPaths, monitor: str | None, setup: Callback
+) -> list[Callback]:
+    """Defaults (LR monitor, image logger, checkpoints) merged with lightning.callbacks and
+    lightning.modelcheckpoint; a callback set to null in the config is left out."""
+    defaults = default_callbacks(paths, monitor)
+    user = OmegaConf.to_container(lightning_config.get("callbacks") or OmegaConf.create(), resolve=True)
+    if lightning_config.get("modelcheckpoint") is not None:
+        user["checkpoint"] = OmegaConf.to_container(lightning_config.modelcheckpoint, resolve=True)
+    callbacks: list[Callback] = [setup]
+    for name in dict.fromkeys([*defaults, *user]):
+        if name in user and user[name] is None:
+            continue
+        node = merged_node(defaults[name], user.get(name)) if name in defaults else user[name]
+        callbacks.append(instantiate_from_config(node))
+    return callbacks
+
+
+def build_logger(lightning_config: DictConfig, paths: RunPaths) -> pl.loggers.Logger:
+    """TensorBoard in <run>/tensorboard (CSV in <run>/csv without it), or lightning.logger."""
+    if find_spec("tensorboard") or find_spec("tensorboardX"):
+        default = {
+            "target": "pytorch_lightning.loggers.TensorBoardLogger",
+            "params": {"version": "tensorboard"},
+        }
+    else:
+        default = {"target": "pytorch_lightning.loggers.CSVLogger", "params": {"version": "csv"}}
+    default["params"].update(save_dir=str(paths.logdir), name="")
+    return instantiate_from_config(merged_node(default, lightning_config.get("logger")))
+
+
+def build_model(config: DictConfig, paths: RunPaths, unsafe: bool = False) -> pl.LightningModule:
+    """The model from `config.model`; a fresh run applies `config.initializer`, a resumed run checks
+    that the checkpoint fits (the Trainer restores it)."""
+    resumed = paths.resume_checkpoint
+    resumed_state = read_state_dict(resumed, unsafe=unsafe) if resumed else None
+    model = instantiate_from_config(config.model)
+    if resumed_state is not None:
+        load_state_into(model, resumed_state, resumed)
+    elif config.get("initializer") is not None:
+        initializer = instantiate_from_config(config.initializer)
+        getattr(initializer, "init", initializer)(model)  # published initializers have only init()
+    return model
+
+
+def build_data(config: DictConfig, stage: str) -> pl.LightningDataModule:
+    """The data module with the datasets of `stage` built, so missing data fails before training."""
+    data = instantiate_from_config(config.data)
+    try:
+        data.setup(stage)
+    except (OSError, ValueError) as err:
+        raise InputError(f"data: {first_line(err)}") from None
+    return data
+
+
+def build_trainer(
+    opt: argparse.Namespace, paths: RunPaths, setup: SetupCallback, monitor: str | None
+) -> pl.Trainer:
+    lightning_config = setup.lightning_config
+    try:
+        return pl.Trainer(
+            **trainer_arguments(
+                lightning_config.get("trainer") or OmegaConf.create(), opt.gpus, paths.logdir
+            ),
+            logger=build_logger(lightning_config, paths),
+            callbacks=build_callbacks(lightning_config, paths, monitor, setup),
+        )
+    except (MisconfigurationException, ValueError) as err:
+        raise InputError(f"lightning config: {first_line(err)}") from None
+
+
+def run(opt: argparse.Namespace, overrides: list[str]) -> None:
+    now = datetime.now().strftime(TIMESTAMP_FORMAT)
+    paths, config, lightning_config = prepare_run(opt, overrides, now)
+    pl.seed_everything(opt.seed, verbose=False)  # the same initial weights in every process
+    model = build_model(config, paths, unsafe=opt.unsafe_load)
+    data = build_data(config, "fit" if opt.train else "test")
+    setup = SetupCallback(paths, now, config, lightning_config)
+    trainer = build_trainer(opt, paths, setup, getattr(model, "monitor", None))
+    pl.seed_everything(opt.seed + trainer.global_rank, verbose=False)  # distinct noise per process
+    log.info("seed %d (+ global rank %d)", opt.seed, trainer.global_rank)
+    scaled_learning_rate(model, config, trainer, opt.scale_lr)
+
+    if opt.train:
+        ckpt_path = str(paths.resume_checkpoint) if paths.resume_checkpoint else None
+        trainer.fit(model, data, ckpt_path=ckpt_path, weights_only=not opt.unsafe_load)
+    if not opt.no_test and not trainer.interrupted:
+        if data.has_split("test") and is_overridden("test_step", model):
+            trainer.test(model, data)
+        elif not opt.train:
+            log.info("nothing to do: pass -t to train (and configure data.params.test to test)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    opt, overrides = build_parser().parse_known_args(explicit_flag_values(argv))
+    try:
+        run(opt, overrides)
+    except (InputError, ConfigError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except Exception:
+        if not (opt.debug and rank_zero_only.rank == 0):
+            raise
+        traceback.print_exc()
+        pdb.post_mortem(sys.exc_info()[2])
+        return 1
+    return 0
