@@ -1,12 +1,15 @@
 #!/usr/bin/env python
 """Train the embedded small VIDM from scratch and install it as models/vidm_small/vidm_small.safetensors.
 
-Two main.py runs on synthetic sequences (ldm.data.synthetic), then a conversion:
-  1. the VQ f4 first stage (configs/vq_f4_small.yaml),
-  2. the 4-frame VIDM on top of it (configs/vidm_small.yaml),
-  3. EMA weights + first stage → safetensors, stored in float16 (15.7 MB; --fp32 keeps float32, 31 MB).
-Each stage resumes if its run directory holds an unfinished checkpoint, and is skipped when it is
-finished, so rerunning the command after an interruption continues where it stopped.
+main.py runs on synthetic sequences (ldm.data.synthetic), then a conversion:
+  1. the VQ f4 first stage on whole frames (configs/vq_f4_small.yaml),
+  2. the 4-frame VIDM on top of it (configs/vidm_small.yaml), in two phases of one run: first with a
+     still camera (a hidden pixel is copied from the same place in a context frame), then with the
+     full head-mounted motion,
+  3. EMA weights + first stage → safetensors, stored in float16 (--fp32 keeps float32).
+Each phase resumes if its run directory holds an unfinished checkpoint and is skipped when it is
+finished, so rerunning the command after an interruption continues where it stopped. Training uses
+bf16-mixed precision where the hardware computes bf16 natively (--precision auto), else fp32.
 """
 
 from __future__ import annotations
@@ -15,9 +18,13 @@ import argparse
 import logging
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from ldm.data.synthetic_scenes import find_wallpapers, wallpaper_roots
+from ldm.inference.model import native_bf16
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -25,7 +32,29 @@ sys.path.insert(0, str(REPO))
 from scripts.convert_checkpoint import main as convert  # noqa: E402
 
 log = logging.getLogger("train_small")
-STAGES = (("vq", "configs/vq_f4_small.yaml"), ("vidm", "configs/vidm_small.yaml"))
+
+
+@dataclass(frozen=True)
+class Phase:
+    stage: str
+    config: str
+    max_steps: int
+    overrides: tuple[str, ...] = ()
+
+
+def phases(args: argparse.Namespace) -> list[Phase]:
+    still = int(args.vidm_steps * args.still_fraction)
+    decay = f"model.params.scheduler_config.params.max_decay_steps={args.vidm_steps}"
+    vidm = [
+        Phase("vidm", "configs/vidm_small.yaml", still, (decay, "data.params.train.params.motion_scale=0.0")),
+        Phase(
+            "vidm",
+            "configs/vidm_small.yaml",
+            args.vidm_steps,
+            (decay, "data.params.train.params.motion_scale=1.0"),
+        ),
+    ]
+    return [Phase("vq", "configs/vq_f4_small.yaml", args.vq_steps), *(p for p in vidm if p.max_steps > 0)]
 
 
 def run_dir(logdir: Path, stage: str) -> Path | None:
@@ -38,42 +67,44 @@ def finished_step(checkpoint: Path) -> int:
     return int(torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0))
 
 
-def train_stage(stage: str, config: str, logdir: Path, max_steps: int, extra: list[str]) -> Path:
-    """Run (or resume, or skip) one main.py training; returns its last.ckpt."""
-    existing = run_dir(logdir, stage)
+def train_phase(phase: Phase, logdir: Path, extra: list[str]) -> Path:
+    """Run (or resume, or skip) one main.py training phase; returns its last.ckpt."""
+    existing = run_dir(logdir, phase.stage)
     last = existing / "checkpoints" / "last.ckpt" if existing else None
-    overrides = [f"lightning.trainer.max_steps={max_steps}", *extra]
+    overrides = [f"lightning.trainer.max_steps={phase.max_steps}", *phase.overrides, *extra]
     if last is not None and last.is_file():
-        if finished_step(last) >= max_steps:
-            log.info("%s: finished (%s)", stage, last)
+        if finished_step(last) >= phase.max_steps:
+            log.info("%s to step %d: finished (%s)", phase.stage, phase.max_steps, last)
             return last
         command = ["--resume", str(existing), "-t", *overrides]
     else:
-        command = [
-            "--base",
-            str(REPO / config),
-            "-t",
-            "--no-test",
-            "--logdir",
-            str(logdir / stage),
-            "-n",
-            f"{stage}_small",
-            *overrides,
-        ]
-    log.info("%s: python main.py %s", stage, " ".join(command))
+        name = ["-n", f"{phase.stage}_small", "--logdir", str(logdir / phase.stage)]
+        command = ["--base", str(REPO / phase.config), "-t", "--no-test", *name, *overrides]
+    log.info("%s: python main.py %s", phase.stage, " ".join(command))
     subprocess.run([sys.executable, str(REPO / "main.py"), *command], cwd=REPO, check=True)
-    return run_dir(logdir, stage) / "checkpoints" / "last.ckpt"
+    return run_dir(logdir, phase.stage) / "checkpoints" / "last.ckpt"
+
+
+def precision(choice: str, gpus: str | None) -> str:
+    if choice != "auto":
+        return choice
+    device = torch.device("cuda", int(gpus.split(",")[0])) if gpus else torch.device("cpu")
+    return "bf16-mixed" if native_bf16(device) else "32-true"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--logdir", type=Path, default=REPO / "logs" / "small", help="where the two runs go")
+    parser.add_argument("--logdir", type=Path, default=REPO / "logs" / "small", help="where the runs go")
     parser.add_argument(
-        "--vq-steps", type=int, default=4000, help="first-stage training steps (default 4000)"
+        "--vq-steps", type=int, default=2300, help="first-stage training steps (default 2300)"
     )
-    parser.add_argument("--vidm-steps", type=int, default=3000, help="VIDM training steps (default 3000)")
+    parser.add_argument("--vidm-steps", type=int, default=4000, help="VIDM training steps (default 4000)")
+    parser.add_argument(
+        "--still-fraction", type=float, default=0.15, help="share of VIDM steps with a still camera (0.15)"
+    )
+    parser.add_argument("--precision", default="auto", help="auto (default), bf16-mixed or 32-true")
     parser.add_argument("--gpus", help="GPU indices for main.py (default: CPU)")
     parser.add_argument("--out", type=Path, default=REPO / "models" / "vidm_small" / "vidm_small.safetensors")
     parser.add_argument(
@@ -81,15 +112,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    gpus = ["--gpus", args.gpus] if args.gpus else []
-    vq = train_stage("vq", STAGES[0][1], args.logdir, args.vq_steps, gpus)
-    vidm = train_stage(
-        "vidm",
-        STAGES[1][1],
-        args.logdir,
-        args.vidm_steps,
-        [*gpus, f"model.params.first_stage_config.params.ckpt_path={vq}"],
-    )
+    wallpapers = find_wallpapers(wallpaper_roots())
+    log.info("training scenes: %d wallpapers found (see README, The embedded small model)", len(wallpapers))
+    extra = [f"lightning.trainer.precision={precision(args.precision, args.gpus)}"]
+    if args.gpus:
+        extra = ["--gpus", args.gpus, *extra]
+    vq_phase, *vidm_phases = phases(args)
+    vq = train_phase(vq_phase, args.logdir, extra)
+    vidm = None
+    for phase in vidm_phases:
+        vidm = train_phase(
+            phase, args.logdir, [*extra, f"model.params.first_stage_config.params.ckpt_path={vq}"]
+        )
     return convert([str(vidm), str(args.out), *([] if args.fp32 else ["--fp16"])])
 
 
