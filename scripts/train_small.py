@@ -54,7 +54,11 @@ def phases(args: argparse.Namespace) -> list[Phase]:
             (decay, "data.params.train.params.motion_scale=1.0"),
         ),
     ]
-    return [Phase("vq", "configs/vq_f4_small.yaml", args.vq_steps), *(p for p in vidm if p.max_steps > 0)]
+    vq = [
+        Phase("vq", "configs/vq_f4_small.yaml", args.vq_steps - args.vq_whole_frame_steps),
+        Phase("vq", "configs/vq_f4_small.yaml", args.vq_steps, ("data.params.train.params.crop=null",)),
+    ]
+    return [p for p in (*vq, *vidm) if p.max_steps > 0]
 
 
 def run_dir(logdir: Path, stage: str) -> Path | None:
@@ -98,7 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--logdir", type=Path, default=REPO / "logs" / "small", help="where the runs go")
     parser.add_argument(
-        "--vq-steps", type=int, default=2300, help="first-stage training steps (default 2300)"
+        "--vq-steps", type=int, default=4000, help="first-stage training steps (default 4000)"
+    )
+    parser.add_argument(
+        "--vq-whole-frame-steps", type=int, default=400, help="the last of them on whole frames (default 400)"
     )
     parser.add_argument("--vidm-steps", type=int, default=4000, help="VIDM training steps (default 4000)")
     parser.add_argument(
@@ -117,14 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     extra = [f"lightning.trainer.precision={precision(args.precision, args.gpus)}"]
     if args.gpus:
         extra = ["--gpus", args.gpus, *extra]
-    vq_phase, *vidm_phases = phases(args)
-    vq = train_phase(vq_phase, args.logdir, extra)
-    vidm = None
-    for phase in vidm_phases:
-        vidm = train_phase(
-            phase, args.logdir, [*extra, f"model.params.first_stage_config.params.ckpt_path={vq}"]
+    last: dict[str, Path] = {}
+    for phase in phases(args):
+        first_stage = (
+            [f"model.params.first_stage_config.params.ckpt_path={last['vq']}"]
+            if phase.stage == "vidm"
+            else []
         )
-    return convert([str(vidm), str(args.out), *([] if args.fp32 else ["--fp16"])])
+        last[phase.stage] = train_phase(phase, args.logdir, [*extra, *first_stage])
+    return convert([str(last["vidm"]), str(args.out), *([] if args.fp32 else ["--fp16"])])
 
 
 if __name__ == "__main__":

@@ -81,11 +81,11 @@ def camera_views(
 
 
 def training_views(
-    rng: np.random.Generator, size: int, num_frames: int, motion_scale: float = 1.0
+    rng: np.random.Generator, size: int, num_frames: int, motion_scale: float = 1.0, wallpapers: bool = True
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """(T,size,size,3) float32 views of a random training scene filmed by a head-mounted camera,
-    the (T,3,3) cameras, and the scene's name."""
-    scene = pick_training_scene(rng)
+    the (T,3,3) cameras, and the scene's name (wallpapers among the scenes only if `wallpapers`)."""
+    scene = pick_training_scene(rng, wallpapers)
     cameras = view_cameras(rng, head_motion(rng, num_frames, motion_scale), scene.canvas.shape[:2], size)
     views = render_views(scene.canvas, cameras, size).astype(np.float32) / 255
     return (tinted(views, rng) if scene.grey else recoloured(views, rng)), cameras, scene.name
@@ -191,8 +191,9 @@ class SyntheticHands(Dataset):
 
 class SyntheticFrames(Dataset):
     """Single clean frames {"image": (crop,crop,3) in [-1,1]} of the synthetic scenes, for training
-    the first stage: views rendered at `size` (training views from every training scene), of which a
-    random `crop` window is kept (default: the whole frame)."""
+    the first stage: views rendered at `size` (training views of the training scenes; the wallpapers
+    among them only with `wallpapers`), of which a random `crop` window is kept (default: the whole
+    frame)."""
 
     def __init__(
         self,
@@ -201,12 +202,14 @@ class SyntheticFrames(Dataset):
         split: str = "train",
         seed: int = 0,
         crop: int | None = None,
+        wallpapers: bool = True,
     ):
         check_options(split)
         if crop is not None and not 0 < crop <= size:
             raise ValueError(f"crop must be in 1..{size}, got {crop}")
         self.size, self.length, self.split, self.seed = size, length, split, seed
         self.crop = crop or size
+        self.wallpapers = wallpapers
 
     def __len__(self) -> int:
         return self.length
@@ -216,7 +219,7 @@ class SyntheticFrames(Dataset):
         if self.split == "heldout":
             frame = heldout_views(rng, self.size, num_frames=1)[0]
         else:
-            frame = training_views(rng, self.size, num_frames=1)[0][0]
+            frame = training_views(rng, self.size, num_frames=1, wallpapers=self.wallpapers)[0][0]
         top, left = rng.integers(0, self.size - self.crop + 1, 2)
         frame = frame[top : top + self.crop, left : left + self.crop]
         return {"image": (frame * 2 - 1).astype(np.float32)}

@@ -201,9 +201,10 @@ class TrainingScene:
         return self.canvas.shape[2] == 1
 
 
-def pick_training_scene(rng: np.random.Generator) -> TrainingScene:
-    """A random training canvas: a wallpaper, an skimage photo or texture, or a tabletop scene."""
-    wallpapers = find_wallpapers(wallpaper_roots())
+def pick_training_scene(rng: np.random.Generator, use_wallpapers: bool = True) -> TrainingScene:
+    """A random training canvas: a wallpaper (if `use_wallpapers`), an skimage photo or texture, or a
+    tabletop scene."""
+    wallpapers = find_wallpapers(wallpaper_roots()) if use_wallpapers else ()
     weights = KIND_WEIGHTS if wallpapers else KIND_WEIGHTS_WITHOUT_WALLPAPERS
     kind = str(rng.choice(list(weights), p=list(weights.values())))
     if kind == "wallpaper":

@@ -28,12 +28,15 @@ class VQModel(pl.LightningModule):
         monitor: str | None = None,
         learning_rate: float = 4.5e-6,
         restart_dead_codes_every: int = 0,
+        quantize_from_step: int = 0,
         ckpt_path: str | None = None,
     ):
         super().__init__()
         self.image_key = image_key
         self.learning_rate = learning_rate
         self.restart_dead_codes_every = restart_dead_codes_every
+        self.quantize_from_step = quantize_from_step
+        self._codes_started = False
         if monitor is not None:
             self.monitor = monitor
         self.encoder = Encoder(**ddconfig)
@@ -62,13 +65,25 @@ class VQModel(pl.LightningModule):
         return rearrange(batch[key], "b h w c -> b c h w").contiguous().float()
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        """Reconstruction + codebook loss. The codebook starts on the first batch's latents, and with
-        `restart_dead_codes_every` codes unused for that many steps move onto current latents."""
+        """Reconstruction + codebook loss.
+
+        For the first `quantize_from_step` steps the decoder sees the encoder's latents unquantised
+        (a plain autoencoder learns what to encode, colour included); the codebook then starts on
+        that step's latents, and with `restart_dead_codes_every` codes unused for that many steps
+        move onto current latents. Starting the codebook on a random encoder's latents instead can
+        leave it on a degenerate set that quantisation never escapes (it was seen to drop colour).
+        """
         x = self.get_input(batch, self.image_key)
         h = self.quant_conv(self.encoder(x))
-        if self.global_step == 0 and batch_idx == 0:
+        if self.global_step < self.quantize_from_step:
+            reconstruction = self.decoder(self.post_quant_conv(h))
+            loss, logs = self.loss(h.new_zeros(()), x, reconstruction, split="train")
+            self.log_dict(logs, prog_bar=True, on_step=True, on_epoch=True, batch_size=x.shape[0])
+            return loss
+        if self.global_step == self.quantize_from_step and not self._codes_started:
             self.quantize.reset_codes(h)
             self._sync_codebook()
+            self._codes_started = True
         quant, codebook_loss, _ = self.quantize(h)
         reconstruction = self.decoder(self.post_quant_conv(quant))
         loss, logs = self.loss(codebook_loss, x, reconstruction, split="train")
