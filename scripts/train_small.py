@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--vq-whole-frame-steps", type=int, default=400, help="the last of them on whole frames (default 400)"
     )
-    parser.add_argument("--vidm-steps", type=int, default=4000, help="VIDM training steps (default 4000)")
+    parser.add_argument("--vidm-steps", type=int, default=3300, help="VIDM training steps (default 3300)")
     parser.add_argument(
         "--still-fraction", type=float, default=0.15, help="share of VIDM steps with a still camera (0.15)"
     )
