@@ -17,6 +17,7 @@ from ldm.inference.cli import (
     add_sampling_arguments,
     device_and_dtype,
     run_command,
+    sampling_steps,
     setup_logging,
 )
 from ldm.inference.demo import demo_grid, inpaint_demo, read_demo_folder
@@ -56,14 +57,15 @@ def demo(args: argparse.Namespace) -> None:
     frames, masks = read_demo_folder(args.target, args.dilation)
     choice = choose_model(args.checkpoint, args.config)
     model, resolution = load_model(choice, device, dtype, args.unsafe_load)
-    inpainter = Inpainter(model, dtype, args.steps, args.eta)
+    steps = sampling_steps(args, choice.config)
+    inpainter = Inpainter(model, dtype, steps, args.eta)
     log.info(
         "sampling 4 frames at %dx%d on %s (%s), %d DDIM steps",
         resolution,
         resolution,
         device,
-        args.dtype,
-        args.steps,
+        str(dtype).removeprefix("torch."),
+        steps,
     )
     results = inpaint_demo(frames, masks, inpainter, resolution, seeded_generator(device, args.seed))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ from ldm.inference.cli import (
     device_and_dtype,
     positive_int,
     run_command,
+    sampling_steps,
     setup_logging,
 )
 from ldm.inference.factorize import FactorizeOptions, factorize
@@ -97,7 +98,7 @@ def run(args: argparse.Namespace) -> None:
         frame_skip=args.frame_skip,
         dilation=args.dilation,
         batch_size=args.batch_size,
-        steps=args.steps,
+        steps=sampling_steps(args, choice.config),
         eta=args.eta,
         seed=args.seed,
         dtype=dtype,

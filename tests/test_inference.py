@@ -34,6 +34,7 @@ from ldm.inference.model import (
     SMALL_WEIGHTS,
     ModelChoice,
     choose_model,
+    default_ddim_steps,
     load_model,
     model_resolution,
     prepare_for_inference,
@@ -110,6 +111,26 @@ def test_device_and_dtype_choice():
         with pytest.raises(InputError, match="CUDA is not available"):
             resolve_device("cuda")
         assert resolve_device(None) == cpu
+
+
+@pytest.mark.parametrize(
+    "amx, avx512_bf16, expected", [(True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")]
+)
+def test_auto_dtype_is_bf16_only_where_the_cpu_has_native_bf16(monkeypatch, amx, avx512_bf16, expected):
+    # The CPU's instruction set cannot be changed here: the two feature probes are stood in for.
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    assert (
+        resolve_dtype("auto", resolve_device("cpu"))
+        == {"bf16": torch.bfloat16, "fp32": torch.float32}[expected]
+    )
+
+
+def test_default_ddim_steps_come_from_the_model_config(tmp_path):
+    assert default_ddim_steps(ROOT / OFFICIAL_CONFIG) == 200, "the published demo's count"
+    config = tmp_path / "small.yaml"
+    config.write_text("model: {target: x}\ninference: {ddim_steps: 40}\n")
+    assert default_ddim_steps(config) == 40
 
 
 def test_bf16_weights_keep_norms_and_schedule_in_float32(small_model):

@@ -11,7 +11,7 @@ import torch
 
 from ldm.training.runs import check_resolvable, load_configs
 from ldm.util import instantiate_from_config
-from tests.conftest import ROOT
+from tests.conftest import ROOT, read_tsv
 from tests.data_fixture import shared_fixture_data
 
 PUBLISHED_CONFIG = ROOT.parent / "shared" / "reference" / "published_inpaint_4frame.yaml"
@@ -56,3 +56,19 @@ def test_published_data_section_draws_a_batch_from_every_split(published_data):
     # Both NoHands splits of the published file keep the EGO4D backgrounds: 5 windows on the fixture.
     for split in ("train", "validation"):
         assert len(published_data.datasets[split].background) == 5
+
+
+def test_model_section_builds_the_released_1220_key_model():
+    """Its model section, unchanged, builds the model whose state dict the released checkpoint holds."""
+    config = load_configs([str(PUBLISHED_CONFIG)], [])
+    with torch.device("meta"):
+        model = instantiate_from_config(config.model)
+    layout = [(k, tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in model.state_dict().items()]
+    assert layout == read_tsv("state_dict_vidm_4frame.tsv")
+
+
+def test_initializer_section_is_applied_through_init():
+    """The published code calls `initializer.init(model)`; the initializer it names has that method."""
+    config = load_configs([str(PUBLISHED_CONFIG)], [])
+    initializer = instantiate_from_config(config.initializer)
+    assert callable(initializer.init)

@@ -159,3 +159,25 @@ def test_scale_shift_norm_applies_the_embedding_as_scale_and_shift():
 def test_options_without_a_vidm_meaning_are_refused(option, message):
     with pytest.raises(ValueError, match=message):
         UNetModel(**{**LDM_OPTIONS, **option})
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    """use_checkpoint (the published code always checkpointed attention) recomputes blocks in the
+    backward pass instead of keeping their activations; the gradients must not change."""
+    options = {**LDM_OPTIONS, "resblock_updown": True, "use_scale_shift_norm": False}
+    plain = randomised(UNetModel(**options, dims=3, dim_join={"type": "pool"})).train()
+    checkpointed = UNetModel(**options, dims=3, dim_join={"type": "pool"}, use_checkpoint=True).train()
+    checkpointed.load_state_dict(plain.state_dict())
+    x, t = torch.randn(2, 4, 4, 8, 8), torch.tensor([3, 500])
+    grads, calls = [], []
+    for unet in (plain, checkpointed):
+        count, forward = [], unet.middle_block.forward
+        unet.middle_block.forward = lambda *args, count=count, forward=forward: (
+            count.append(1) or forward(*args)
+        )
+        unet(x, t).square().mean().backward()
+        grads.append([p.grad.clone() for p in unet.parameters()])
+        calls.append(len(count))
+    assert calls == [1, 2], "the checkpointed block runs again in the backward pass"
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -16,6 +16,7 @@ from ldm.inference.model import (
     OFFICIAL_CONFIG,
     OFFICIAL_WEIGHTS,
     SMALL_WEIGHTS,
+    default_ddim_steps,
     resolve_device,
     resolve_dtype,
 )
@@ -52,7 +53,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int = 200, eta: float = 1.0) -> None:
+def add_sampling_arguments(
+    parser: argparse.ArgumentParser, steps: int | None = None, eta: float = 1.0
+) -> None:
+    """--device, --dtype, --steps, --eta, --seed; `steps` None: the model's default (see `sampling_steps`)."""
     group = parser.add_argument_group("sampling")
     group.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
     group.add_argument(
@@ -62,9 +66,15 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int = 200, et
         help="precision: auto (default) is bf16 where the hardware computes it natively (CUDA sm80+, "
         "a CPU with AMX or AVX512-BF16), else fp32; fp16 needs a GPU",
     )
-    group.add_argument("--steps", type=positive_int, default=steps, help=f"DDIM steps (default {steps})")
+    steps_help = f"(default {steps})" if steps else "(default: the model's, 200 for the released one)"
+    group.add_argument("--steps", type=positive_int, default=steps, help=f"DDIM steps {steps_help}")
     group.add_argument("--eta", type=non_negative_float, default=eta, help=f"DDIM eta (default {eta})")
     group.add_argument("--seed", type=int, default=0, help="random seed; same seed, same result (default 0)")
+
+
+def sampling_steps(args: argparse.Namespace, config: Path) -> int:
+    """--steps, or the model config's default DDIM steps."""
+    return args.steps or default_ddim_steps(config)
 
 
 def device_and_dtype(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:

@@ -33,6 +33,7 @@ OFFICIAL_WEIGHTS = Path("models/nohands_weights.ckpt")
 SMALL_CONFIG = Path("configs/vidm_small.yaml")
 SMALL_WEIGHTS = Path("models/vidm_small/vidm_small.safetensors")
 DOWNLOAD_PAGE = "https://matthewchang.github.io/vidm/"
+PUBLISHED_DDIM_STEPS = 200
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DTYPE_CHOICES = ("auto", *DTYPES)
@@ -79,8 +80,8 @@ def choose_model(
     )
 
 
-def read_model_config(path: Path) -> DictConfig:
-    """The `model:` node of a YAML config."""
+def read_config(path: Path) -> DictConfig:
+    """A YAML config that has a `model:` node."""
     if not path.is_file():
         raise InputError(f"{path}: no such config file")
     try:
@@ -89,7 +90,19 @@ def read_model_config(path: Path) -> DictConfig:
         raise InputError(f"{path}: not a readable YAML config ({type(err).__name__})") from None
     if not isinstance(config, DictConfig) or "model" not in config:
         raise InputError(f"{path}: the config has no 'model' node")
-    return config.model
+    return config
+
+
+def read_model_config(path: Path) -> DictConfig:
+    """The `model:` node of a YAML config."""
+    return read_config(path).model
+
+
+def default_ddim_steps(path: Path) -> int:
+    """DDIM steps when --steps is not given: the config's `inference.ddim_steps` (a model documents
+    there the count it was measured with), else the published demo's 200."""
+    steps = read_config(path).get("inference", {}).get("ddim_steps", PUBLISHED_DDIM_STEPS)
+    return int(steps)
 
 
 def model_resolution(model_config: DictConfig, source: Path | str = "config") -> int:

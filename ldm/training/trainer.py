@@ -25,7 +25,7 @@ from ldm.checkpoint import CheckpointError, load_state_into, read_state_dict
 from ldm.training.callbacks import SetupCallback
 from ldm.training.cli import build_parser, explicit_flag_values
 from ldm.training.runs import TIMESTAMP_FORMAT, RunPaths, merged_node, prepare_run
-from ldm.util import ConfigError, InputError, first_line, instantiate_from_config
+from ldm.util import ConfigError, InputError, enable_tf32, first_line, instantiate_from_config
 
 log = logging.getLogger("main")
 
@@ -191,6 +191,8 @@ def run(opt: argparse.Namespace, overrides: list[str]) -> None:
     pl.seed_everything(opt.seed + trainer.global_rank, verbose=False)  # distinct noise per process
     log.info("seed %d (+ global rank %d)", opt.seed, trainer.global_rank)
     scaled_learning_rate(model, config, trainer, opt.scale_lr)
+    if trainer.strategy.root_device.type == "cuda":
+        enable_tf32()  # float32 matmuls on tensor cores; bf16-mixed is a lightning.trainer.precision away
 
     if opt.train:
         ckpt_path = str(paths.resume_checkpoint) if paths.resume_checkpoint else None
