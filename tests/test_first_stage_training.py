@@ -70,3 +70,33 @@ def test_vq_model_learns_to_reconstruct_smooth_images(tmp_path):
         trainer.fit(model, loader)
     after = error()
     assert after < 0.5 * before, (before, after)
+
+
+def test_codebook_starts_on_the_latents_of_a_warmed_up_autoencoder(tmp_path):
+    """quantize_from_step: the first steps train without quantisation, then every code is placed on
+    that step's latents (not on a random encoder's), and quantised training goes on from there."""
+    torch.manual_seed(0)
+    images = torch.nn.functional.avg_pool2d(torch.rand(4, 3, 32, 32) * 2 - 1, 7, 1, 3).permute(0, 2, 3, 1)
+    model = VQModel(DDCONFIG, LOSS, n_embed=64, embed_dim=3, learning_rate=2e-3, quantize_from_step=10)
+    initial_codes = model.quantize.embedding.weight.detach().clone()
+    seen = {}
+
+    class Watch(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step in (9, 11):
+                seen[trainer.global_step] = pl_module.quantize.embedding.weight.detach().clone()
+
+    trainer = pl.Trainer(
+        max_steps=12, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path, callbacks=[Watch()],
+    )  # fmt: skip
+    with single_thread():
+        trainer.fit(model, torch.utils.data.DataLoader(RepeatedBatch(images, 4 * 12), batch_size=4))
+    assert torch.equal(seen[9], initial_codes), "no codebook use before quantize_from_step"
+    with torch.no_grad():
+        latents = model.quant_conv(model.encoder(images.permute(0, 3, 1, 2)))
+    spread = latents.std(dim=(0, 2, 3))
+    assert not torch.equal(seen[11], initial_codes)
+    assert torch.all(seen[11].std(dim=0) > 0.2 * spread), (
+        "the codes cover the latents, not the initial uniform box"
+    )

@@ -201,6 +201,16 @@ def test_training_films_wallpapers_from_the_folders_given(tmp_path, monkeypatch)
     assert any(f[..., 1].max() < -0.99 and f[..., [0, 2]].mean() > 0 for f in frames), "whole magenta views"
 
 
+def test_first_stage_frames_can_leave_the_wallpapers_out(tmp_path, monkeypatch):
+    magenta = noise_image(480, 640, 4)
+    magenta[..., 1] = 0
+    magenta[..., [0, 2]] |= 128
+    cv2.imwrite(str(tmp_path / "magenta.png"), magenta)
+    monkeypatch.setenv("VIDM_WALLPAPERS", str(tmp_path))
+    frames = [SyntheticFrames(size=32, wallpapers=False)[i]["image"] for i in range(40)]
+    assert not any(f[..., 1].max() < -0.99 and f[..., [0, 2]].mean() > 0 for f in frames)
+
+
 def test_training_uses_the_installed_debian_wallpapers(monkeypatch):
     monkeypatch.delenv("VIDM_WALLPAPERS", raising=False)
     installed = scenes.find_wallpapers(scenes.WALLPAPER_ROOTS)
