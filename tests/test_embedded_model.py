@@ -90,15 +90,17 @@ def test_demo_with_the_embedded_model(tmp_path):
 
 
 def test_train_small_runs_resumes_and_installs(tmp_path):
-    """The documented training command with 2 steps per stage: trains, converts, then skips."""
+    """The documented training command with one step per phase (VQ on crops, then on whole frames;
+    VIDM with a still camera, then with motion): trains, converts, then skips every phase."""
     command = [
         sys.executable, str(ROOT / "scripts" / "train_small.py"), "--logdir", str(tmp_path / "logs"),
-        "--vq-steps", "2", "--vidm-steps", "2", "--out", str(tmp_path / "model.safetensors"),
+        "--vq-steps", "2", "--vq-whole-frame-steps", "1", "--vidm-steps", "2", "--still-fraction", "0.5",
+        "--out", str(tmp_path / "model.safetensors"),
     ]  # fmt: skip
     first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr[-2000:]
     assert (tmp_path / "model.safetensors").is_file()
     assert len(list((tmp_path / "logs").glob("*/*/checkpoints/last.ckpt"))) == 2
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    assert again.returncode == 0 and again.stderr.count("finished") == 2, again.stderr[-2000:]
+    assert again.returncode == 0 and again.stderr.count("finished") == 4, again.stderr[-2000:]
     shutil.rmtree(tmp_path / "logs")
