@@ -44,15 +44,13 @@ class Phase:
 
 def phases(args: argparse.Namespace) -> list[Phase]:
     still = int(args.vidm_steps * args.still_fraction)
-    decay = f"model.params.scheduler_config.params.max_decay_steps={args.vidm_steps}"
+    schedule = "model.params.scheduler_config.params"
+    warm_up = min(args.warm_up_steps, args.vidm_steps // 10)  # a short trial run still decays
+    decay = (f"{schedule}.max_decay_steps={args.vidm_steps}", f"{schedule}.warm_up_steps={warm_up}")
+    motion = "data.params.train.params.motion_scale"
     vidm = [
-        Phase("vidm", "configs/vidm_small.yaml", still, (decay, "data.params.train.params.motion_scale=0.0")),
-        Phase(
-            "vidm",
-            "configs/vidm_small.yaml",
-            args.vidm_steps,
-            (decay, "data.params.train.params.motion_scale=1.0"),
-        ),
+        Phase("vidm", "configs/vidm_small.yaml", still, (*decay, f"{motion}=0.0")),
+        Phase("vidm", "configs/vidm_small.yaml", args.vidm_steps, (*decay, f"{motion}=1.0")),
     ]
     vq = [
         Phase("vq", "configs/vq_f4_small.yaml", args.vq_steps - args.vq_whole_frame_steps),
@@ -108,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         "--vq-whole-frame-steps", type=int, default=400, help="the last of them on whole frames (default 400)"
     )
     parser.add_argument("--vidm-steps", type=int, default=3300, help="VIDM training steps (default 3300)")
+    parser.add_argument(
+        "--warm-up-steps", type=int, default=300, help="linear LR warm-up, at most a tenth of them (300)"
+    )
     parser.add_argument(
         "--still-fraction", type=float, default=0.15, help="share of VIDM steps with a still camera (0.15)"
     )
