@@ -5,7 +5,10 @@ This module knows the file formats and the released checkpoints' key layout, not
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import mmap
+import sys
 import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -25,6 +28,8 @@ FIRST_STAGE_PREFIX = "first_stage_model."
 CONDITIONER_PREFIX = "cond_stage_model."
 CONDITIONER_COPY_PREFIX = CONDITIONER_PREFIX + "first_stage_model."
 SAFETENSORS_SUFFIXES = (".safetensors",)
+MADV_DONTNEED = 4  # Linux <sys/mman.h>
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
 
 def shadow_name(param_name: str) -> str:
@@ -78,6 +83,38 @@ def _extract_state_dict(ckpt: object, path: Path) -> dict[str, torch.Tensor]:
             f"{path}: not a Lightning checkpoint or state dict (no 'state_dict' of tensors)"
         )
     return dict(ckpt)
+
+
+def file_mappings() -> list[tuple[int, int]]:
+    """Address ranges of this process's memory maps of files (Linux; empty elsewhere)."""
+    if _LIBC is None:
+        return []
+    ranges = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].startswith("/"):
+                low, high = fields[0].split("-")
+                ranges.append((int(low, 16), int(high, 16)))
+    return ranges
+
+
+def release_mapped_pages(tensor: torch.Tensor, mappings: list[tuple[int, int]]) -> None:
+    """Let the kernel drop the resident pages of a tensor that lies in a memory-mapped file (one of
+    `file_mappings()`), once its data has been copied elsewhere; any other tensor is left alone.
+
+    The file was never written through the mapping, so a later read pages the same bytes in again.
+    Without this, every weight copied out of a memory-mapped `.ckpt` (to another dtype or layout)
+    would stay in memory twice until the whole file is unmapped.
+    """
+    first = tensor.data_ptr()
+    last = first + tensor.numel() * tensor.element_size()
+    if tensor.device.type != "cpu" or not any(low <= first and last <= high for low, high in mappings):
+        return
+    start = -(-first // mmap.PAGESIZE) * mmap.PAGESIZE
+    end = last // mmap.PAGESIZE * mmap.PAGESIZE
+    if end > start:
+        _LIBC.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_DONTNEED)
 
 
 def ema_as_model_weights(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import collections
+import os
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from ldm.checkpoint import CheckpointError, load_model_weights, read_state_dict
+from ldm.checkpoint import (
+    CheckpointError,
+    file_mappings,
+    load_model_weights,
+    read_state_dict,
+    release_mapped_pages,
+)
 from ldm.inference.model import load_inference_model, prepare_for_inference
 from ldm.util import instantiate_from_config
 from tests.conftest import ROOT
@@ -32,6 +39,29 @@ def test_reads_lightning_checkpoint_memory_mapped(reference, tmp_path):
     state = read_state_dict(path)
     assert list(state) == list(reference["state_dict"])
     assert torch.equal(state["betas"], reference["state_dict"]["betas"])
+
+
+def resident_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="page release is Linux-only")
+def test_copied_weights_give_their_mapped_pages_back_and_keep_their_values(tmp_path):
+    weight = torch.randn(64, 1024, 256)  # 64 MiB
+    state = read_state_dict(lightning_checkpoint(tmp_path / "big.ckpt", {"w": weight}))
+    mapped = state["w"]
+    mappings = file_mappings()
+    before = resident_mib()
+    copy = mapped.to(torch.bfloat16)
+    paged_in = resident_mib() - before
+    release_mapped_pages(mapped, mappings)
+    assert paged_in > 60 and resident_mib() - before < paged_in - 48, "the file's pages are dropped"
+    assert torch.equal(mapped, weight), "a later read pages the same bytes in again"
+    assert torch.equal(copy, weight.to(torch.bfloat16))
+    ordinary = weight.clone()
+    release_mapped_pages(ordinary, mappings)
+    assert torch.equal(ordinary, weight), "memory that is not a mapped file is never touched"
 
 
 def test_pickle_payload_is_refused_unless_unsafe(reference, tmp_path, capsys):

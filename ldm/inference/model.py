@@ -20,7 +20,14 @@ from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 from yaml import YAMLError
 
-from ldm.checkpoint import CONDITIONER_PREFIX, ema_as_model_weights, load_state_into, read_state_dict
+from ldm.checkpoint import (
+    CONDITIONER_PREFIX,
+    ema_as_model_weights,
+    file_mappings,
+    load_state_into,
+    read_state_dict,
+    release_mapped_pages,
+)
 from ldm.models.diffusion.ddpm import SCHEDULE_BUFFERS
 from ldm.modules.diffusionmodules.openaimodel import channels_last
 from ldm.util import ConfigError, InputError, enable_tf32, first_line, instantiate_from_config
@@ -176,11 +183,16 @@ def precision(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCo
 def prepare_for_inference(model: nn.Module, device: torch.device | str, dtype: torch.dtype) -> nn.Module:
     """`model` in eval mode on `device`, weights stored in `dtype` once (so autocast never casts them
     per call) except normalisation layers, which keep float32; conv weights channels-last, the
-    layout the UNet runs in. Buffers such as the diffusion schedule stay float32."""
+    layout the UNet runs in. Buffers such as the diffusion schedule stay float32. A weight copied out
+    of a memory-mapped checkpoint gives its pages back, so loading peaks near the bytes kept."""
+    mappings = file_mappings()
     for module in model.modules():
         for param in module.parameters(recurse=False):
-            data = param.data.to(device=device, dtype=torch.float32 if isinstance(module, _NORMS) else dtype)
+            source = param.data
+            data = source.to(device=device, dtype=torch.float32 if isinstance(module, _NORMS) else dtype)
             param.data = channels_last(data) if data.dim() in (4, 5) else data
+            if param.data.data_ptr() != source.data_ptr():
+                release_mapped_pages(source, mappings)
     return model.requires_grad_(False).eval().to(device)
 
 
