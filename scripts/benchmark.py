@@ -115,7 +115,6 @@ def yardstick() -> float | None:
 
 
 def unet_config(config: str):
-
     return OmegaConf.load(ROOT / config).model.params.unet_config
 
 
@@ -163,7 +162,6 @@ def describe(device: torch.device) -> str:
 
 def work_unet(config: str, batch: int, device: str, dtype: str, repeats: int) -> dict:
     """Forward time and memory of one UNet; the yardstick is read before the model exists."""
-
     dev = torch.device(device)
     stick = yardstick() if dev.type == "cpu" else None
     cfg = unet_config(config)
@@ -198,7 +196,6 @@ def work_unet(config: str, batch: int, device: str, dtype: str, repeats: int) ->
 
 def work_ddim(config: str, checkpoint: str | None, device: str, dtype: str, steps: int) -> dict:
     """The demo workload: 4 targets (4 frames each) at the model's size, DDIM `steps` with eta 1."""
-
     dev, torch_dtype = torch.device(device), DTYPES[dtype]
     if checkpoint:
         model, size = load_model(ModelChoice(ROOT / config, ROOT / checkpoint, checkpoint), dev, torch_dtype)
@@ -231,7 +228,6 @@ def work_ddim(config: str, checkpoint: str | None, device: str, dtype: str, step
 def work_make_checkpoint(config: str, path: str) -> dict:
     """A checkpoint of `config` in the released layout: state_dict (weights, EMA, schedule), AdamW
     state for every trainable parameter, and Lightning's bookkeeping."""
-
     model = instantiate_from_config(OmegaConf.load(ROOT / config).model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = {
@@ -258,7 +254,6 @@ def work_make_checkpoint(config: str, path: str) -> dict:
 
 def work_load(config: str, path: str) -> dict:
     """Load for inference (fp32, CPU), touch every kept weight, report peak RSS against their bytes."""
-
     baseline = rss_gib()
     start = time.perf_counter()
     model, _ = load_model(ModelChoice(ROOT / config, Path(path), "synthetic"), "cpu", torch.float32)
@@ -279,7 +274,6 @@ def work_load(config: str, path: str) -> dict:
 
 def random_batch(model_config, batch: int) -> dict[str, torch.Tensor]:
     """A training batch of the model's shapes with random values (the values do not change the cost)."""
-
     size, latent = model_resolution(model_config), int(model_config.params.unet_config.params.image_size)
     frames = int(model_config.params.unet_config.params.get("dim_join", {}).get("num", 4))
     generator = torch.Generator().manual_seed(0)
@@ -292,7 +286,6 @@ def random_batch(model_config, batch: int) -> dict[str, torch.Tensor]:
 
 
 def work_train(config: str, batch: int, precision: str, steps: int) -> dict:
-
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     cfg = OmegaConf.load(ROOT / config)
     pl.seed_everything(0, verbose=False)
@@ -328,7 +321,6 @@ def work_train(config: str, batch: int, precision: str, steps: int) -> dict:
 
 
 def work_data(samples: int) -> dict:
-
     with tempfile.TemporaryDirectory() as tmp:
         data = OmegaConf.load(ROOT / OFFICIAL).data
         source = "EPIC/VISOR/EGO4D"
@@ -496,7 +488,6 @@ def table(rows: list[dict] | None, title: str, columns: list[str]) -> None:
 def gpu_check() -> dict:
     """The official config's demo workload in bf16 on CUDA: 4 targets x 200 DDIM steps after a warm-up,
     the achieved TFLOP/s, and the SDPA kernel CUDA picks for the model's attention shapes."""
-
     results = {"peak": work_peak("cuda")}
     results["ddim"] = [work_ddim(OFFICIAL, None, "cuda", "bf16", 200)]
     unet = work_unet(OFFICIAL, 4, "cuda", "bf16", 10)

@@ -243,7 +243,13 @@ def test_torchvision_built_for_another_torch_gives_one_line(staged_install, tmp_
         pytest.skip("a real torchvision is installed; this test stages a broken one where there is none")
     # torchvision registers its ops at import; when its compiled library did not load, torch says:
     torchvision_init = 'import torch\ntorch.library.register_fake("torchvision::nms")(lambda *args: None)\n'
-    staged_install({**D2_PACKAGE, "torchvision/__init__.py": torchvision_init})
+    staged_install(
+        {
+            **D2_PACKAGE,
+            "torchvision/__init__.py": torchvision_init,
+            "detectron2/checkpoint.py": "import torchvision\n",  # detectron2 imports it for its box ops
+        }
+    )
     line = script_error_line(tmp_path, capsys)
     assert "torchvision does not load next to torch" in line
     assert "operator torchvision::nms does not exist" in line and "release built for this torch" in line

@@ -14,6 +14,7 @@ import pickle
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from traceback import walk_tb
 from types import SimpleNamespace
 from typing import Any, Protocol
 
@@ -107,7 +108,6 @@ def detector_inputs(
     frames: Sequence[np.ndarray], resize: Callable[[np.ndarray], np.ndarray], bgr: bool
 ) -> list[dict[str, Any]]:
     """detectron2's inputs for full RGB frames: its channel order, its test-time resize, the original size."""
-
     inputs = []
     for frame in frames:
         image = np.ascontiguousarray(frame[..., ::-1] if bgr else frame)
@@ -117,20 +117,14 @@ def detector_inputs(
     return inputs
 
 
-def _import_torchvision() -> None:
-
-    try:
-        import torchvision  # noqa: F401  (detectron2's box ops: NMS, RoIAlign)
-    except ModuleNotFoundError:
-        raise DetectorUnavailable(
-            f"torchvision is not installed; detectron2 needs it: install the torchvision release built "
-            f"for torch {torch.__version__}"
-        ) from None
-    except (ImportError, OSError, RuntimeError) as err:
-        raise DetectorUnavailable(
-            f"torchvision does not load next to torch {torch.__version__} ({first_line(err)}): install the "
-            f"torchvision release built for this torch (the same release pair and CPU/CUDA variant)"
-        ) from None
+def _from_torchvision(err: BaseException) -> bool:
+    """Whether an import error comes from torchvision (missing, or raised while it imported), which
+    detectron2 imports for its box ops (NMS, RoIAlign)."""
+    if (getattr(err, "name", None) or "").split(".")[0] == "torchvision":
+        return True
+    return any(
+        "torchvision" in Path(frame.f_code.co_filename).parts for frame, _ in walk_tb(err.__traceback__)
+    )
 
 
 def _from_compiled_ops(err: BaseException) -> bool:
@@ -147,8 +141,12 @@ def _from_compiled_ops(err: BaseException) -> bool:
 
 def _detectron2_import_error(err: BaseException) -> DetectorUnavailable:
     """One line naming why detectron2 did not import and how to fix it."""
-
     cause = first_line(err)
+    if _from_torchvision(err):
+        return DetectorUnavailable(
+            f"torchvision does not load next to torch {torch.__version__} ({cause}): install the "
+            f"torchvision release built for this torch (the same release pair and CPU/CUDA variant)"
+        )
     if isinstance(err, ModuleNotFoundError) and not (err.name or "").startswith("detectron2"):
         return DetectorUnavailable(
             f"detectron2 needs the module {err.name}, which is not installed: install it, or reinstall "
@@ -171,7 +169,6 @@ def import_detectron2() -> SimpleNamespace:
     """The detectron2 pieces the backend uses; a broken or missing install becomes one DetectorUnavailable line."""
     if importlib.util.find_spec("detectron2") is None:
         raise DetectorUnavailable(f"detectron2 is not installed; {INSTALL_HINT}")
-    _import_torchvision()
     try:
         from detectron2.checkpoint import DetectionCheckpointer
         from detectron2.config import get_cfg

@@ -48,7 +48,6 @@ KIND_WEIGHTS_WITHOUT_WALLPAPERS = {"photo": 0.5, "texture": 0.2, "procedural": 0
 @functools.cache
 def load_source(name: str) -> np.ndarray:
     """An skimage.data image as float32 RGB in [0,1], resized so its short side is CANVAS."""
-
     image = np.asarray(getattr(skimage.data, name)())
     if image.dtype == bool:
         image = image.astype(np.uint8) * 255
