@@ -1,6 +1,6 @@
 """DDIM sampling (Song et al. 2021) for any DDPM/LatentDiffusion model, on any device.
 
-`DDIMSchedule` holds the step sizes and does one update from a noise prediction (no model inside),
+`DDIMSchedule` holds the step sizes and does one update from the model's ε or v prediction (no model inside),
 so windows, guidance and batching can reuse it; `DDIMSampler` runs the model over the schedule.
 """
 
@@ -65,13 +65,24 @@ class DDIMSchedule:
         return len(self.timesteps)
 
     def step(
-        self, eps: torch.Tensor, index: int, x: torch.Tensor, noise: torch.Tensor | None = None
+        self,
+        model_output: torch.Tensor,
+        index: int,
+        x: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        parameterization: str = "eps",
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x_t → x_{t_prev} at schedule position `index` given the noise prediction `eps`; also returns
-        the predicted x_0. With eta > 0 the step adds σ·`noise`, which the caller draws (N(0, I))."""
+        """x_t → x_{t_prev} at schedule position `index` given the model's ε (or, for
+        `parameterization="v"`, v) prediction; also returns the predicted x_0. With eta > 0 the step
+        adds σ·`noise`, which the caller draws (N(0, I))."""
         a_t, a_prev, sigma = self.alphas[index], self.alphas_prev[index], self.sigmas[index]
-        eps = eps.to(x.dtype)
-        pred_x0 = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+        model_output = model_output.to(x.dtype)
+        if parameterization == "v":
+            pred_x0 = math.sqrt(a_t) * x - math.sqrt(1 - a_t) * model_output
+            eps = math.sqrt(1 - a_t) * x + math.sqrt(a_t) * model_output
+        else:
+            eps = model_output
+            pred_x0 = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
         x_prev = math.sqrt(a_prev) * pred_x0 + math.sqrt(max(1 - a_prev - sigma**2, 0.0)) * eps
         if sigma > 0:
             if noise is None:
@@ -108,9 +119,9 @@ class DDIMSampler:
         intermediates: dict[str, list[torch.Tensor]] = {"x_inter": [x], "pred_x0": [x]}
         for i, index in enumerate(tqdm(range(S - 1, -1, -1), desc="DDIM", total=S, disable=not verbose)):
             t = torch.full((x.shape[0],), sched.timesteps[index], device=device, dtype=torch.long)
-            eps = self.model.apply_model(x, t, conditioning)
+            output = self.model.apply_model(x, t, conditioning)
             noise = randn(x.shape, device, generator) if sched.sigmas[index] > 0 else None
-            x, pred_x0 = sched.step(eps, index, x, noise)
+            x, pred_x0 = sched.step(output, index, x, noise, self.model.parameterization)
             if i % log_every_t == 0 or i == S - 1:
                 intermediates["x_inter"].append(x)
                 intermediates["pred_x0"].append(pred_x0)

@@ -31,6 +31,7 @@ SCHEDULE_BUFFERS = (
     "posterior_mean_coef1",
     "posterior_mean_coef2",
 )
+PARAMETERIZATIONS = ("eps", "v")
 
 
 class DiffusionWrapper(nn.Module):
@@ -60,7 +61,12 @@ class DiffusionWrapper(nn.Module):
 
 
 class DDPM(pl.LightningModule):
-    """Epsilon-prediction diffusion with LDM's schedule buffers, losses and EMA."""
+    """Diffusion with LDM's schedule buffers, losses and EMA.
+
+    The denoiser predicts the noise ε (`parameterization: eps`, the published models) or the velocity
+    v = sqrt(ᾱ_t) ε - sqrt(1 - ᾱ_t) x_0 (`v`, Salimans & Ho 2022), which weights what the model must
+    learn about x_0 at high noise levels much more, where an ε target barely constrains it.
+    """
 
     def __init__(
         self,
@@ -90,8 +96,8 @@ class DDPM(pl.LightningModule):
         super().__init__()
         if beta_schedule != "linear":
             raise ValueError(f"only the 'linear' beta schedule is supported, got {beta_schedule!r}")
-        if parameterization != "eps":
-            raise ValueError(f"only eps parameterization is supported, got {parameterization!r}")
+        if parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
         if loss_type not in ("l1", "l2"):
             raise ValueError(f"loss_type must be l1 or l2, got {loss_type!r}")
         self.loss_type = loss_type
@@ -170,6 +176,15 @@ class DDPM(pl.LightningModule):
             + extract_into_tensor(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape) * noise
         )
 
+    def training_target(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """What the denoiser learns to output at steps t: ε, or v = sqrt(ᾱ_t) ε - sqrt(1 - ᾱ_t) x_0."""
+        if self.parameterization == "eps":
+            return noise
+        return (
+            extract_into_tensor(self.sqrt_alphas_cumprod, t, x_start.shape) * noise
+            - extract_into_tensor(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape) * x_start
+        )
+
     def elementwise_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.loss_type == "l1":
             return (target - pred).abs()
@@ -178,7 +193,7 @@ class DDPM(pl.LightningModule):
     def apply_model(
         self, x_noisy: torch.Tensor, t: torch.Tensor, cond: Any = None, weights: Mapping | None = None
     ) -> torch.Tensor:
-        """The denoiser's noise prediction; `weights` ({parameter name: tensor}) runs it with other
+        """The denoiser's output (ε or v, see `parameterization`); `weights` ({parameter name: tensor}) runs it with other
         weights, such as the EMA's, without copying them in."""
         args = (x_noisy, t) if cond is None else (x_noisy, t, [cond])
         if weights is None:
@@ -198,7 +213,7 @@ class DDPM(pl.LightningModule):
         `weights` as in `apply_model`."""
         noise = torch.randn_like(x_start) if noise is None else noise
         model_output = self.apply_model(self.q_sample(x_start, t, noise), t, cond, weights)
-        error = self.elementwise_loss(model_output, noise)
+        error = self.elementwise_loss(model_output, self.training_target(x_start, t, noise))
         if loss_mask is not None:
             error = error * loss_mask.to(error.dtype)
         loss_simple = error.mean(dim=(1, 2, 3))
