@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--vq-whole-frame-steps", type=int, default=400, help="the last of them on whole frames (default 400)"
     )
-    parser.add_argument("--vidm-steps", type=int, default=3300, help="VIDM training steps (default 3300)")
+    parser.add_argument("--vidm-steps", type=int, default=1600, help="VIDM training steps (default 1600)")
     parser.add_argument(
         "--warm-up-steps", type=int, default=300, help="linear LR warm-up, at most a tenth of them (300)"
     )
