@@ -1,7 +1,7 @@
 """DDIM sampling (Song et al. 2021) for any DDPM/LatentDiffusion model, on any device.
 
-`DDIMSchedule` holds the step sizes and does one update from the model's ε or v prediction (no model inside),
-so windows, guidance and batching can reuse it; `DDIMSampler` runs the model over the schedule.
+`DDIMSchedule` holds the step sizes and does one update from the model's ε or v prediction (no model
+inside), so windows, guidance and batching can reuse it; `DDIMSampler` runs the model over the schedule.
 """
 
 from __future__ import annotations

@@ -193,8 +193,8 @@ class DDPM(pl.LightningModule):
     def apply_model(
         self, x_noisy: torch.Tensor, t: torch.Tensor, cond: Any = None, weights: Mapping | None = None
     ) -> torch.Tensor:
-        """The denoiser's output (ε or v, see `parameterization`); `weights` ({parameter name: tensor}) runs it with other
-        weights, such as the EMA's, without copying them in."""
+        """The denoiser's output (ε or v, see `parameterization`); `weights` ({parameter name:
+        tensor}) runs it with other weights, such as the EMA's, without copying them in."""
         args = (x_noisy, t) if cond is None else (x_noisy, t, [cond])
         if weights is None:
             return self.model(*args)
