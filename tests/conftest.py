@@ -20,12 +20,19 @@ def reference() -> dict:
     return torch.load(FIXTURES / "vidm_small_reference.pt", weights_only=False)
 
 
+def reference_model(reference: dict, **params) -> torch.nn.Module:
+    """The reference's small VIDM (its model params updated with `params`) with the reference
+    weights, in eval mode."""
+    config = {**reference["config"], "params": {**reference["config"]["params"], **params}}
+    model = instantiate_from_config(config)
+    model.load_state_dict(reference["state_dict"], strict=True)
+    return model.eval()
+
+
 @pytest.fixture()
 def small_model(reference):
     """The reference's small VIDM with the reference weights, in eval mode."""
-    model = instantiate_from_config(reference["config"])
-    model.load_state_dict(reference["state_dict"], strict=True)
-    return model.eval()
+    return reference_model(reference)
 
 
 def read_tsv(name: str) -> list[tuple[str, tuple[int, ...], str]]:

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
 from ldm.models.diffusion.ddim import DDIMSampler, DDIMSchedule
 from ldm.util import instantiate_from_config
-
-
-def v_model(reference: dict) -> torch.nn.Module:
-    """The reference's small VIDM with its weights, set to predict v."""
-    config = copy.deepcopy(reference["config"])
-    config["params"]["parameterization"] = "v"
-    model = instantiate_from_config(config)
-    model.load_state_dict(reference["state_dict"], strict=True)
-    return model.eval()
+from tests.conftest import reference_model
 
 
 def test_eps_and_v_predictions_of_the_same_truth_give_the_same_ddim_step():
@@ -38,7 +28,7 @@ def test_eps_and_v_predictions_of_the_same_truth_give_the_same_ddim_step():
 
 @torch.no_grad()
 def test_v_model_learns_velocity_and_samples_with_it(reference, small_model):
-    model = v_model(reference)
+    model = reference_model(reference, parameterization="v")
     x0, c, t, noise = reference["x0"], reference["cond"], reference["t"], reference["noise"]
     loss, _ = model.p_losses(x0, c, t, noise=noise)
     pred = model.apply_model(model.q_sample(x0, t, noise), t, c)
@@ -57,7 +47,6 @@ def test_v_model_learns_velocity_and_samples_with_it(reference, small_model):
 
 
 def test_unknown_parameterization_is_refused(reference):
-    config = copy.deepcopy(reference["config"])
-    config["params"]["parameterization"] = "x0"
+    config = {**reference["config"], "params": {**reference["config"]["params"], "parameterization": "x0"}}
     with pytest.raises(ValueError, match="parameterization must be one of"):
         instantiate_from_config(config)
