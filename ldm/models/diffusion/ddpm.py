@@ -209,8 +209,8 @@ class DDPM(pl.LightningModule):
         loss_mask: torch.Tensor | None = None,
         weights: Mapping | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Denoising loss at steps t; `loss_mask` (B,1,h,w) zeroes positions that must not count;
-        `weights` as in `apply_model`."""
+        """Denoising loss at steps t; `loss_mask` (B,1,h,w) weighs each position (0: it does not
+        count); `weights` as in `apply_model`."""
         noise = torch.randn_like(x_start) if noise is None else noise
         model_output = self.apply_model(self.q_sample(x_start, t, noise), t, cond, weights)
         error = self.elementwise_loss(model_output, self.training_target(x_start, t, noise))

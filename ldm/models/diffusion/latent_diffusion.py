@@ -24,6 +24,9 @@ class LatentDiffusion(DDPM):
 
     Batches are dicts: `image` (B,H,W,3) target frame, and for `cond_stage_key: __batch__` the
     whole batch goes to the conditioner (`hand_images`, `mask`); `loss_mask` (B,h,w) masks the loss.
+    `hole_loss_weight` weighs the loss inside the target frame's hole (its mask channel, the last
+    channel of the conditioning) that many times the rest; 1, the published models' value, is a
+    plain mean.
     """
 
     def __init__(
@@ -35,6 +38,7 @@ class LatentDiffusion(DDPM):
         concat_mode: bool = True,
         conditioning_key: str | None = None,
         scale_factor: float = 1.0,
+        hole_loss_weight: float = 1.0,
         log_config: Mapping | None = None,
         ckpt_path: str | None = None,
         ignore_keys: tuple[str, ...] = (),
@@ -50,6 +54,7 @@ class LatentDiffusion(DDPM):
         self.cond_stage_key = cond_stage_key
         self.concat_mode = concat_mode
         self.scale_factor = scale_factor
+        self.hole_loss_weight = hole_loss_weight
         self.first_stage_model = self._frozen(instantiate_from_config(first_stage_config))
         extra = (
             {"first_stage_model": self.first_stage_model} if cond_stage_config.get("with_first_stage") else {}
@@ -99,8 +104,17 @@ class LatentDiffusion(DDPM):
 
     def loss_inputs(self, batch: Mapping) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         z, c = self.get_input(batch, self.first_stage_key)
-        loss_mask = batch.get("loss_mask")
-        return z, c, None if loss_mask is None else loss_mask.unsqueeze(1)
+        return z, c, self.loss_weights(c, batch.get("loss_mask"))
+
+    def loss_weights(self, c: torch.Tensor, loss_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """(B,1,h,w) loss weights: 0 where `loss_mask` (B,h,w) is False, `hole_loss_weight` in the
+        target frame's hole (the last frame's mask channel for multi-frame conditioning), else 1."""
+        weights = None if loss_mask is None else loss_mask.unsqueeze(1).to(c.dtype)
+        if self.hole_loss_weight == 1:
+            return weights
+        target_mask = c[:, -1, -1:] if c.dim() == 5 else c[:, -1:]
+        hole = 1 + (self.hole_loss_weight - 1) * (target_mask > 0).to(c.dtype)
+        return hole if weights is None else weights * hole
 
     @torch.no_grad()
     def sample_log(
