@@ -105,12 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--vq-whole-frame-steps", type=int, default=400, help="the last of them on whole frames (default 400)"
     )
-    parser.add_argument("--vidm-steps", type=int, default=1600, help="VIDM training steps (default 1600)")
+    parser.add_argument("--vidm-steps", type=int, default=3000, help="VIDM training steps (default 3000)")
     parser.add_argument(
-        "--warm-up-steps", type=int, default=300, help="linear LR warm-up, at most a tenth of them (300)"
+        "--warm-up-steps", type=int, default=160, help="linear LR warm-up, at most a tenth of them (160)"
     )
     parser.add_argument(
-        "--still-fraction", type=float, default=0.15, help="share of VIDM steps with a still camera (0.15)"
+        "--still-fraction", type=float, default=0.08, help="share of VIDM steps with a still camera (0.08)"
     )
     parser.add_argument("--precision", default="auto", help="auto (default), bf16-mixed or 32-true")
     parser.add_argument("--gpus", help="GPU indices for main.py (default: CPU)")
