@@ -20,11 +20,15 @@ def reference() -> dict:
     return torch.load(FIXTURES / "vidm_small_reference.pt", weights_only=False)
 
 
+def reference_config(reference: dict, **params) -> dict:
+    """The reference's model config with its params updated with `params`."""
+    return {**reference["config"], "params": {**reference["config"]["params"], **params}}
+
+
 def reference_model(reference: dict, **params) -> torch.nn.Module:
     """The reference's small VIDM (its model params updated with `params`) with the reference
     weights, in eval mode."""
-    config = {**reference["config"], "params": {**reference["config"]["params"], **params}}
-    model = instantiate_from_config(config)
+    model = instantiate_from_config(reference_config(reference, **params))
     model.load_state_dict(reference["state_dict"], strict=True)
     return model.eval()
 

@@ -7,7 +7,7 @@ import torch
 
 from ldm.models.diffusion.ddim import DDIMSampler, DDIMSchedule
 from ldm.util import instantiate_from_config
-from tests.conftest import reference_model
+from tests.conftest import reference_config, reference_model
 
 
 def test_eps_and_v_predictions_of_the_same_truth_give_the_same_ddim_step():
@@ -47,6 +47,5 @@ def test_v_model_learns_velocity_and_samples_with_it(reference, small_model):
 
 
 def test_unknown_parameterization_is_refused(reference):
-    config = {**reference["config"], "params": {**reference["config"]["params"], "parameterization": "x0"}}
     with pytest.raises(ValueError, match="parameterization must be one of"):
-        instantiate_from_config(config)
+        instantiate_from_config(reference_config(reference, parameterization="x0"))

@@ -107,6 +107,24 @@ def fixed_draw_loss(model: pl.LightningModule, batch: dict, draws: int = 8) -> f
     return sum(losses) / len(losses)
 
 
+@torch.no_grad()
+def test_hole_loss_weight_weighs_the_target_hole_of_the_loss():
+    model, batch = tiny_model(), synthetic_batch()
+    batch["loss_mask"][0, 0, 0] = False
+    z, c, plain = model.loss_inputs(batch)
+    model.hole_loss_weight = 3.0
+    _, _, weights = model.loss_inputs(batch)
+    hole = torch.zeros(2, 1, 8, 8, dtype=torch.bool)
+    hole[..., 2:4, 2:4] = True  # the batch's 8x8-pixel hole at a quarter of the 32-px side
+    expected = torch.where(hole, 3.0, 1.0) * plain
+    torch.testing.assert_close(weights, expected)
+    assert weights[0, 0, 0, 0] == 0 and plain[1].eq(1).all()
+    t, noise = torch.tensor([100, 700]), torch.randn(z.shape, generator=torch.Generator().manual_seed(0))
+    loss, _ = model.p_losses(z, c, t, noise=noise, loss_mask=weights)
+    error = (model.apply_model(model.q_sample(z, t, noise), t, c) - noise).abs()
+    torch.testing.assert_close(loss, (error * expected).mean())
+
+
 def test_overfits_one_batch():
     """120 AdamW steps on one batch more than halve its loss.
 
@@ -136,24 +154,6 @@ class RecordEma(pl.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.counts.append(int(pl_module.model_ema.num_updates))
         self.shadows.append(pl_module.model_ema.diffusion_modelinput_blocks00weight.clone())
-
-
-@torch.no_grad()
-def test_hole_loss_weight_weighs_the_target_hole_of_the_loss():
-    model, batch = tiny_model(), synthetic_batch()
-    batch["loss_mask"][0, 0, 0] = False
-    z, c, plain = model.loss_inputs(batch)
-    model.hole_loss_weight = 3.0
-    _, _, weights = model.loss_inputs(batch)
-    hole = torch.zeros(2, 1, 8, 8, dtype=torch.bool)
-    hole[..., 2:4, 2:4] = True  # the batch's 8x8-pixel hole at a quarter of the 32-px side
-    expected = torch.where(hole, 3.0, 1.0) * plain
-    torch.testing.assert_close(weights, expected)
-    assert weights[0, 0, 0, 0] == 0 and plain[1].eq(1).all()
-    t, noise = torch.tensor([100, 700]), torch.randn(z.shape, generator=torch.Generator().manual_seed(0))
-    loss, _ = model.p_losses(z, c, t, noise=noise, loss_mask=weights)
-    error = (model.apply_model(model.q_sample(z, t, noise), t, c) - noise).abs()
-    torch.testing.assert_close(loss, (error * expected).mean())
 
 
 def test_ema_updates_after_every_step():
