@@ -55,6 +55,7 @@ from ldm.data.fixture_data import prepare_fixture_data
 from ldm.inference.inpainter import Inpainter, seeded_generator
 from ldm.inference.model import (
     ModelChoice,
+    inference_config,
     load_model,
     model_resolution,
     precision,
@@ -202,10 +203,9 @@ def work_ddim(config: str, checkpoint: str | None, device: str, dtype: str, step
     else:
         model_config = read_model_config(ROOT / config)
         size = model_resolution(model_config)
-        model_config = OmegaConf.to_container(model_config, resolve=True)
-        model_config["params"]["use_ema"] = False
         torch.manual_seed(0)
-        model = prepare_for_inference(random_weights(instantiate_from_config(model_config)), dev, torch_dtype)
+        model = instantiate_from_config(inference_config(model_config))
+        model = prepare_for_inference(random_weights(model), dev, torch_dtype)
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (4, 4, size, size, 3), dtype=np.uint8)
     masks = np.zeros((4, 4, size, size), bool)

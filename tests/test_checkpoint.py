@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from ldm.checkpoint import (
@@ -17,7 +18,7 @@ from ldm.checkpoint import (
     read_state_dict,
     release_mapped_pages,
 )
-from ldm.inference.model import load_inference_model, prepare_for_inference
+from ldm.inference.model import inference_config, load_inference_model, prepare_for_inference
 from ldm.util import instantiate_from_config
 from tests.conftest import ROOT
 
@@ -115,8 +116,40 @@ def test_inference_loading_uses_ema_weights(reference, tmp_path):
     state["model_ema.diffusion_modelout4bias"] = torch.full((3,), 7.0)
     path = lightning_checkpoint(tmp_path / "m.ckpt", state)
     model = load_inference_model(reference["config"], path)
-    assert not model.training and not model.use_ema
+    assert not model.training and not isinstance(model, pl.LightningModule)
     assert torch.all(model.model.diffusion_model.out[4].bias == 7.0)
+
+
+def test_inference_class_holds_the_training_modules_weights_and_computes_the_same(small_model, reference):
+    model = instantiate_from_config(inference_config(reference["config"])).eval()
+    assert type(model).__name__ == "LatentDiffusionModel"
+    assert type(model.first_stage_model).__name__ == "VQFirstStage"
+    weights = {k: v for k, v in small_model.state_dict().items() if not k.startswith("model_ema.")}
+    model.load_state_dict(weights, strict=True)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, *reference["x_noisy"].shape[1:], generator=generator)
+    c = torch.randn(2, *reference["cond"].shape[1:], generator=generator)
+    t = torch.tensor([10, 900])
+    with torch.no_grad():
+        assert torch.equal(model.apply_model(x, t, c), small_model.apply_model(x, t, c))
+        assert torch.equal(model.decode_first_stage(x), small_model.decode_first_stage(x))
+
+
+def test_inference_imports_neither_lightning_nor_dynamo():
+    """Both take seconds to import; the demo's start-up is mostly imports."""
+    script = (
+        "import sys, torch\n"
+        "from ldm.inference.inpainter import Inpainter\n"
+        "from ldm.inference.model import choose_model, load_model\n"
+        "model, size = load_model(choose_model())\n"
+        "import numpy as np\n"
+        "frames = np.zeros((1, 4, size, size, 3), np.uint8); masks = np.ones((1, 4, size, size), bool)\n"
+        "Inpainter(model, torch.float32, steps=2)(frames, masks)\n"
+        "print(sorted(m for m in ('pytorch_lightning', 'lightning_fabric', 'torch._dynamo') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_converted_safetensors_give_the_same_model(reference, tmp_path):

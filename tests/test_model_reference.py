@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ldm.models.diffusion.core import SCHEDULE_BUFFERS
 from ldm.models.diffusion.ddim import DDIMSampler
-from ldm.models.diffusion.ddpm import SCHEDULE_BUFFERS
 from ldm.util import count_params, instantiate_from_config
 from tests.conftest import official_model_config, read_tsv
 

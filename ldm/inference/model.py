@@ -9,10 +9,12 @@ weights that are kept.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -28,9 +30,16 @@ from ldm.checkpoint import (
     read_state_dict,
     release_mapped_pages,
 )
-from ldm.models.diffusion.ddpm import SCHEDULE_BUFFERS
+from ldm.models.diffusion.core import SCHEDULE_BUFFERS
 from ldm.modules.diffusionmodules.openaimodel import channels_last
-from ldm.util import ConfigError, InputError, enable_tf32, first_line, instantiate_from_config
+from ldm.util import (
+    ConfigError,
+    InputError,
+    enable_tf32,
+    first_line,
+    get_obj_from_str,
+    instantiate_from_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -199,9 +208,46 @@ def prepare_for_inference(model: nn.Module, device: torch.device | str, dtype: t
 # --------------------------------------------------------------------------------------- loading
 
 
-def _without_ckpt_paths(model_config: Mapping) -> dict:
-    """The model config with the weight-file references removed (the checkpoint supplies them)."""
-    cfg = OmegaConf.to_container(OmegaConf.create(model_config), resolve=True)
+INFERENCE_CLASSES = {
+    "ldm.models.diffusion.latent_diffusion.LatentDiffusion": "ldm.models.diffusion.core.LatentDiffusionModel",
+    "ldm.models.autoencoder.VQModelInterface": "ldm.models.first_stage.VQFirstStage",
+}
+"""Lightning training modules → the modules they train, which hold the same weights and import no
+Lightning (it takes seconds to import). Other targets are built as they are."""
+
+
+def init_parameter_names(cls: type) -> set[str]:
+    """Keyword parameters `cls(...)` takes, following `**kwargs` up its base classes."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        parameters = inspect.signature(klass.__init__).parameters.values()
+        names |= {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters):
+            break
+    return names - {"self"}
+
+
+def _for_inference(node: Any) -> Any:
+    """A config (sub)tree with each training module swapped for its inference class, keeping only the
+    params that class takes (the rest, such as learning rates, EMA and loss settings, and the
+    `ckpt_path`s, only matter to training: the checkpoint supplies the weights)."""
+    if isinstance(node, list):
+        return [_for_inference(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _for_inference(value) for key, value in node.items()}
+    if node.get("target") in INFERENCE_CLASSES:
+        node["target"] = INFERENCE_CLASSES[node["target"]]
+        taken = init_parameter_names(get_obj_from_str(node["target"]))
+        node["params"] = {k: v for k, v in (node.get("params") or {}).items() if k in taken}
+    return node
+
+
+def inference_config(model_config: Mapping) -> dict:
+    """The model config that inference builds: Lightning-free classes, no weight-file references."""
+    cfg = _for_inference(OmegaConf.to_container(OmegaConf.create(model_config), resolve=True))
     params = cfg.setdefault("params", {})
     params.pop("ckpt_path", None)
     params.get("first_stage_config", {}).get("params", {}).pop("ckpt_path", None)
@@ -216,8 +262,7 @@ def load_inference_model(model_config: Mapping, checkpoint: str | Path, unsafe: 
     scripts/convert_checkpoint.py. The model is built on the meta device and takes the checkpoint's
     tensors as its own (no copy, no random initialisation); the schedule is then computed on the CPU.
     """
-    cfg = _without_ckpt_paths(model_config)
-    cfg["params"]["use_ema"] = False
+    cfg = inference_config(model_config)
     state = ema_as_model_weights(read_state_dict(checkpoint, unsafe=unsafe))
     with torch.device("meta"):
         model = instantiate_from_config(cfg)

@@ -1,4 +1,4 @@
-"""VQ first stage: images (B,3,H,W) in [-1,1] ↔ latents (B,embed_dim,H/f,W/f)."""
+"""Training the VQ first stage (`VQFirstStage`): images (B,3,H,W) in [-1,1] ↔ latents (B,embed_dim,H/f,W/f)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,14 @@ from collections.abc import Mapping
 import pytorch_lightning as pl
 import torch
 from einops import rearrange
-from torch import nn
 
 from ldm.checkpoint import load_model_weights
-from ldm.modules.diffusionmodules.model import Decoder, Encoder
-from ldm.modules.vqvae.quantize import VectorQuantizer
+from ldm.models.first_stage import VQFirstStage
 from ldm.util import instantiate_from_config
 
 
-class VQModel(pl.LightningModule):
-    """Encoder → quant_conv → vector quantiser → post_quant_conv → decoder."""
+class VQModel(VQFirstStage, pl.LightningModule):
+    """The Lightning module that trains a `VQFirstStage` on reconstruction and codebook losses."""
 
     def __init__(
         self,
@@ -31,7 +29,7 @@ class VQModel(pl.LightningModule):
         quantize_from_step: int = 0,
         ckpt_path: str | None = None,
     ):
-        super().__init__()
+        super().__init__(ddconfig=ddconfig, n_embed=n_embed, embed_dim=embed_dim)
         self.image_key = image_key
         self.learning_rate = learning_rate
         self.restart_dead_codes_every = restart_dead_codes_every
@@ -39,26 +37,14 @@ class VQModel(pl.LightningModule):
         self._codes_started = False
         if monitor is not None:
             self.monitor = monitor
-        self.encoder = Encoder(**ddconfig)
-        self.decoder = Decoder(**ddconfig)
         self.loss = instantiate_from_config(lossconfig)
-        self.quantize = VectorQuantizer(n_embed, embed_dim, beta=0.25)
-        self.quant_conv = nn.Conv2d(ddconfig["z_channels"], embed_dim, 1)
-        self.post_quant_conv = nn.Conv2d(embed_dim, ddconfig["z_channels"], 1)
         if ckpt_path is not None:
             load_model_weights(self, ckpt_path, strict=False)
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Quantised latent, codebook loss and indices."""
-        return self.quantize(self.quant_conv(self.encoder(x)))
-
-    def decode(self, quant: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.post_quant_conv(quant))
-
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Reconstruction through the quantiser, and the codebook loss."""
-        quant, codebook_loss, _ = VQModel.encode(self, x)
-        return VQModel.decode(self, quant), codebook_loss
+        quant, codebook_loss, _ = self.quantize(self.encode(x))
+        return self.decode(quant, force_not_quantize=True), codebook_loss
 
     def get_input(self, batch: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
         """Channel-last images (B,H,W,3) → (B,3,H,W) float."""
@@ -119,15 +105,4 @@ class VQModel(pl.LightningModule):
 
 
 class VQModelInterface(VQModel):
-    """The first stage as latent diffusion uses it: `encode` stops before quantisation."""
-
-    def __init__(self, embed_dim: int, *args, **kwargs):
-        super().__init__(*args, embed_dim=embed_dim, **kwargs)
-        self.embed_dim = embed_dim
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.quant_conv(self.encoder(x))
-
-    def decode(self, h: torch.Tensor, force_not_quantize: bool = False) -> torch.Tensor:
-        quant = h if force_not_quantize else self.quantize(h)[0]
-        return self.decoder(self.post_quant_conv(quant))
+    """The name LDM and VIDM configs give the first stage (`encode` stops before quantisation)."""

@@ -6,21 +6,15 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import nn
 
 from ldm.checkpoint import load_model_weights
-from ldm.models.diffusion.ddim import DDIMSampler
+from ldm.models.diffusion.core import LatentDiffusionModel
 from ldm.models.diffusion.ddpm import DDPM
 from ldm.util import instantiate_from_config
 
 
-def disabled_train(self: nn.Module, mode: bool = True) -> nn.Module:
-    """Replacement for `.train()` that keeps a frozen module in eval mode."""
-    return self
-
-
-class LatentDiffusion(DDPM):
-    """The VIDM Lightning module.
+class LatentDiffusion(LatentDiffusionModel, DDPM):
+    """The VIDM Lightning module: trains a `LatentDiffusionModel`'s denoiser.
 
     Batches are dicts: `image` (B,H,W,3) target frame, and for `cond_stage_key: __batch__` the
     whole batch goes to the conditioner (`hand_images`, `mask`); `loss_mask` (B,h,w) masks the loss.
@@ -44,45 +38,23 @@ class LatentDiffusion(DDPM):
         ignore_keys: tuple[str, ...] = (),
         **kwargs: Any,
     ):
-        if conditioning_key is None:
-            conditioning_key = "concat" if concat_mode else None
         if cond_stage_trainable:
             raise ValueError(
                 "cond_stage_trainable is not supported: the conditioner reuses the frozen first stage"
             )
-        super().__init__(conditioning_key=conditioning_key, **kwargs)
-        self.cond_stage_key = cond_stage_key
-        self.concat_mode = concat_mode
-        self.scale_factor = scale_factor
-        self.hole_loss_weight = hole_loss_weight
-        self.first_stage_model = self._frozen(instantiate_from_config(first_stage_config))
-        extra = (
-            {"first_stage_model": self.first_stage_model} if cond_stage_config.get("with_first_stage") else {}
+        super().__init__(
+            first_stage_config=first_stage_config,
+            cond_stage_config=cond_stage_config,
+            concat_mode=concat_mode,
+            conditioning_key=conditioning_key,
+            scale_factor=scale_factor,
+            **kwargs,
         )
-        self.cond_stage_model = self._frozen(instantiate_from_config(cond_stage_config, **extra))
+        self.cond_stage_key = cond_stage_key
+        self.hole_loss_weight = hole_loss_weight
         self.image_logger = instantiate_from_config(log_config) if log_config is not None else None
         if ckpt_path is not None:
             load_model_weights(self, ckpt_path, strict=False, ignore_keys=ignore_keys)
-
-    @staticmethod
-    def _frozen(module: nn.Module) -> nn.Module:
-        module.eval()
-        module.train = disabled_train.__get__(module)
-        for param in module.parameters():
-            param.requires_grad = False
-        return module
-
-    @torch.no_grad()
-    def encode_first_stage(self, x: torch.Tensor) -> torch.Tensor:
-        """Pre-quantisation latent of images (B,3,H,W), times scale_factor."""
-        return self.scale_factor * self.first_stage_model.encode(x)
-
-    @torch.no_grad()
-    def decode_first_stage(self, z: torch.Tensor, force_not_quantize: bool = False) -> torch.Tensor:
-        return self.first_stage_model.decode(z / self.scale_factor, force_not_quantize=force_not_quantize)
-
-    def get_learned_conditioning(self, c: Any) -> torch.Tensor:
-        return self.cond_stage_model(c)
 
     def get_input(
         self,
@@ -115,16 +87,6 @@ class LatentDiffusion(DDPM):
         target_mask = c[:, -1, -1:] if c.dim() == 5 else c[:, -1:]
         hole = 1 + (self.hole_loss_weight - 1) * (target_mask > 0).to(c.dtype)
         return hole if weights is None else weights * hole
-
-    @torch.no_grad()
-    def sample_log(
-        self, cond: torch.Tensor, batch_size: int, ddim: bool = True, ddim_steps: int = 200, **kwargs
-    ):
-        """Sample latents for `cond` with DDIM (`ddim=False` runs all steps with eta=1, i.e. ancestral DDPM)."""
-        if not ddim:
-            ddim_steps, kwargs["eta"] = self.num_timesteps, 1.0
-        shape = (self.channels, *cond.shape[-2:])
-        return DDIMSampler(self).sample(ddim_steps, batch_size, shape, cond, **kwargs)
 
     @torch.no_grad()
     def log_images(self, batch: Mapping, N: int = 8, **kwargs: Any) -> dict[str, torch.Tensor]:

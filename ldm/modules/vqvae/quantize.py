@@ -21,8 +21,10 @@ class VectorQuantizer(nn.Module):
         self.n_e = n_e
         self.e_dim = e_dim
         self.beta = beta
-        self.embedding = nn.Embedding(n_e, e_dim)
-        nn.init.uniform_(self.embedding.weight, -1.0 / n_e, 1.0 / n_e)
+        # Initialised once, uniformly (nn.Embedding's own normal_ init, discarded here, is costly on the
+        # meta device that inference builds on: it imports torch._dynamo, seconds of start-up).
+        codebook = torch.empty(n_e, e_dim).uniform_(-1.0 / n_e, 1.0 / n_e)
+        self.embedding = nn.Embedding.from_pretrained(codebook, freeze=False)
         self.usage: torch.Tensor | None = None
         """How often each code was chosen in training since the last restart (None: not counted yet)."""
 
