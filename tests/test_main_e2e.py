@@ -141,6 +141,22 @@ def test_resume_continues_in_the_same_directory(run_dir, data_env):
     assert (run_dir / "images" / "train" / "samples_gs-000006_e-000002_b-000001.png").is_file()
 
 
+def test_a_resume_that_lightning_refuses_saves_no_configs(run_dir, data_env):
+    """Its override would otherwise come back with every later resume, which merges the saved configs."""
+    configs = sorted((run_dir / "configs").iterdir())
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "--resume", str(run_dir), "-t"]
+        + ["lightning.trainer.max_steps=8", "lightning.trainer.val_check_interval=100"],
+        cwd=ROOT,
+        env=os.environ | data_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0 and "val_check_interval" in result.stderr
+    assert sorted((run_dir / "configs").iterdir()) == configs
+
+
 def test_cpu_ddp_with_two_processes(tmp_path, data_env):
     ddp = [
         "lightning.trainer.accelerator=cpu",

@@ -25,7 +25,9 @@ log = logging.getLogger("main")
 
 
 class SetupCallback(Callback):
-    """Creates the run directory and saves the merged configs into configs/ (global rank zero)."""
+    """Creates the run directory and, once training has started, saves the merged configs into
+    configs/ (global rank zero). Saving only then keeps out the settings Lightning refuses when the
+    fit loop starts (a resume merges every saved config, so such a value would come back each time)."""
 
     def __init__(self, paths: RunPaths, now: str, config: DictConfig, lightning_config: DictConfig):
         super().__init__()
@@ -39,12 +41,16 @@ class SetupCallback(Callback):
             return
         for folder in (self.paths.logdir, self.paths.ckptdir, self.paths.cfgdir, self.paths.imgdir):
             folder.mkdir(parents=True, exist_ok=True)
+        log.info("run directory %s", self.paths.logdir)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
         OmegaConf.save(self.config, self.paths.cfgdir / f"{self.now}-project.yaml")
         OmegaConf.save(
             OmegaConf.create({"lightning": self.lightning_config}),
             self.paths.cfgdir / f"{self.now}-lightning.yaml",
         )
-        log.info("run directory %s", self.paths.logdir)
 
 
 class LastCheckpoint(Checkpoint):
