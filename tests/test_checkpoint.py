@@ -19,6 +19,7 @@ from ldm.checkpoint import (
     release_mapped_pages,
 )
 from ldm.inference.model import inference_config, load_inference_model, prepare_for_inference
+from ldm.models.diffusion.latent_diffusion import LatentDiffusion
 from ldm.util import instantiate_from_config
 from tests.conftest import ROOT
 
@@ -133,6 +134,19 @@ def test_inference_class_holds_the_training_modules_weights_and_computes_the_sam
     with torch.no_grad():
         assert torch.equal(model.apply_model(x, t, c), small_model.apply_model(x, t, c))
         assert torch.equal(model.decode_first_stage(x), small_model.decode_first_stage(x))
+
+
+class OwnLatentDiffusion(LatentDiffusion):
+    """A user's subclass of the training module, which inference builds as it is."""
+
+
+def test_inference_builds_other_training_modules_as_they_are_with_their_ema(reference, tmp_path):
+    state = dict(reference["state_dict"])
+    state["model_ema.diffusion_modelout4bias"] = torch.full((3,), 7.0)
+    config = {**reference["config"], "target": f"{__name__}.OwnLatentDiffusion"}
+    model = load_inference_model(config, lightning_checkpoint(tmp_path / "m.ckpt", state))
+    assert type(model) is OwnLatentDiffusion and not model.use_ema
+    assert torch.all(model.model.diffusion_model.out[4].bias == 7.0)
 
 
 def test_inference_imports_neither_lightning_nor_dynamo():

@@ -249,6 +249,8 @@ def inference_config(model_config: Mapping) -> dict:
     """The model config that inference builds: Lightning-free classes, no weight-file references."""
     cfg = _for_inference(OmegaConf.to_container(OmegaConf.create(model_config), resolve=True))
     params = cfg.setdefault("params", {})
+    if cfg.get("target") not in INFERENCE_CLASSES.values():
+        params["use_ema"] = False  # another Lightning module: its EMA becomes the weights at load
     params.pop("ckpt_path", None)
     params.get("first_stage_config", {}).get("params", {}).pop("ckpt_path", None)
     return cfg
