@@ -22,9 +22,6 @@ class DDPM(DiffusionModel, pl.LightningModule):
 
     def __init__(
         self,
-        unet_config: Mapping,
-        timesteps: int = 1000,
-        beta_schedule: str = "linear",
         loss_type: str = "l2",
         ckpt_path: str | None = None,
         ignore_keys: Sequence[str] = (),
@@ -32,33 +29,17 @@ class DDPM(DiffusionModel, pl.LightningModule):
         use_ema: bool = True,
         ema_decay: float = 0.9999,
         first_stage_key: str = "image",
-        image_size: int = 256,
-        channels: int = 3,
         log_every_t: int = 100,
-        linear_start: float = 1e-4,
-        linear_end: float = 2e-2,
         original_elbo_weight: float = 0.0,
-        v_posterior: float = 0.0,
         l_simple_weight: float = 1.0,
-        conditioning_key: str | None = None,
-        parameterization: str = "eps",
         learning_rate: float | None = None,
         scheduler_config: Mapping | None = None,
+        **kwargs: Any,
     ):
+        """Training settings; `kwargs` are the `DiffusionModel`'s (unet_config, schedule, ...)."""
         if loss_type not in ("l1", "l2"):
             raise ValueError(f"loss_type must be l1 or l2, got {loss_type!r}")
-        super().__init__(
-            unet_config=unet_config,
-            timesteps=timesteps,
-            beta_schedule=beta_schedule,
-            linear_start=linear_start,
-            linear_end=linear_end,
-            v_posterior=v_posterior,
-            parameterization=parameterization,
-            conditioning_key=conditioning_key,
-            image_size=image_size,
-            channels=channels,
-        )
+        super().__init__(**kwargs)
         self.loss_type = loss_type
         if monitor is not None:
             self.monitor = monitor

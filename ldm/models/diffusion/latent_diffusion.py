@@ -25,31 +25,20 @@ class LatentDiffusion(LatentDiffusionModel, DDPM):
 
     def __init__(
         self,
-        first_stage_config: Mapping,
-        cond_stage_config: Mapping,
         cond_stage_key: str = "image",
         cond_stage_trainable: bool = False,
-        concat_mode: bool = True,
-        conditioning_key: str | None = None,
-        scale_factor: float = 1.0,
         hole_loss_weight: float = 1.0,
         log_config: Mapping | None = None,
         ckpt_path: str | None = None,
         ignore_keys: tuple[str, ...] = (),
         **kwargs: Any,
     ):
+        """Training settings; `kwargs` are the `LatentDiffusionModel`'s and `DDPM`'s."""
         if cond_stage_trainable:
             raise ValueError(
                 "cond_stage_trainable is not supported: the conditioner reuses the frozen first stage"
             )
-        super().__init__(
-            first_stage_config=first_stage_config,
-            cond_stage_config=cond_stage_config,
-            concat_mode=concat_mode,
-            conditioning_key=conditioning_key,
-            scale_factor=scale_factor,
-            **kwargs,
-        )
+        super().__init__(**kwargs)
         self.cond_stage_key = cond_stage_key
         self.hole_loss_weight = hole_loss_weight
         self.image_logger = instantiate_from_config(log_config) if log_config is not None else None
