@@ -5,6 +5,8 @@ The released weights are absent; the model is the reference's randomly initialis
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -124,6 +126,16 @@ def test_auto_dtype_is_bf16_only_where_the_cpu_has_native_bf16(monkeypatch, amx,
         resolve_dtype("auto", resolve_device("cpu"))
         == {"bf16": torch.bfloat16, "fp32": torch.float32}[expected]
     )
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_explicit_bf16_on_a_cpu_that_emulates_it_is_run_with_a_warning(monkeypatch, caplog, native):
+    # The CPU's instruction set cannot be changed here: the two feature probes are stood in for.
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="ldm.inference.model"):
+        assert resolve_dtype("bf16", resolve_device("cpu")) == torch.bfloat16
+    assert ("emulates bf16" in caplog.text) is not native
 
 
 def test_default_ddim_steps_come_from_the_model_config(tmp_path):

@@ -179,6 +179,11 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         raise InputError(
             f"--dtype {name} is not supported on {device.type.upper()}; use {' or '.join(supported)}"
         )
+    if name == "bf16" and device.type == "cpu" and not native_bf16(device):
+        log.warning(
+            "--dtype bf16: this CPU has no AMX or AVX512-BF16 and emulates bf16, which runs far slower "
+            "than fp32 (about 80x for a matmul on AVX2); --dtype auto picks fp32 here"
+        )
     return DTYPES[name]
 
 
