@@ -57,10 +57,10 @@ from ldm.data.fixture_data import prepare_fixture_data
 from ldm.inference.inpainter import Inpainter, seeded_generator
 from ldm.inference.model import (
     ModelChoice,
+    emulates_bf16,
     inference_config,
     load_model,
     model_resolution,
-    native_bf16,
     precision,
     prepare_for_inference,
     read_model_config,
@@ -76,6 +76,8 @@ OFFICIAL = "configs/inpaint_4frame.yaml"
 SMALL = "configs/vidm_small.yaml"
 TINY = "configs/inpaint_4frame_tiny.yaml"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+EMULATED = "bf16 is emulated on this CPU (no AMX or AVX512-BF16); --emulated-bf16 times it anyway"
+"""Why the bf16 cases are skipped on such a CPU: they would take hours and show nothing."""
 
 
 # ------------------------------------------------------------------------------------ measuring
@@ -369,18 +371,8 @@ def run_worker(name: str, **kwargs: Any) -> dict:
 # --------------------------------------------------------------------------------------- sections
 
 
-def emulated_bf16(device: str) -> bool:
-    """Whether `device` is a CPU without AMX or AVX512-BF16, which emulates bf16: a matmul runs about
-    80x slower than in fp32 on an AVX2 CPU, so its bf16 cases would take hours and show nothing."""
-    dev = torch.device(device)
-    return dev.type == "cpu" and not native_bf16(dev)
-
-
 def skipped(why: str, **case: Any) -> dict:
     return {**case, "note": f"skipped: {why}"}
-
-
-EMULATED = "bf16 is emulated on this CPU (no AMX or AVX512-BF16); --emulated-bf16 times it anyway"
 
 
 def section_unet(device: str, peak: dict, quick: bool, bf16: bool) -> list[dict]:
@@ -585,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(json.dumps(results, indent=2))
         return 0
     sections = args.only or ["unet", "ddim", "load", "train", "data"]
-    bf16 = args.emulated_bf16 or not emulated_bf16(args.device)
+    bf16 = args.emulated_bf16 or not emulates_bf16(torch.device(args.device))
     results: dict[str, Any] = {"peak": run_worker("peak", device=args.device, bf16=bf16)}
     if "unet" in sections:
         results["unet"] = section_unet(args.device, results["peak"], args.quick, bf16)

@@ -165,6 +165,12 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
+def emulates_bf16(device: torch.device) -> bool:
+    """Whether `device` is a CPU without AMX or AVX512-BF16, where bf16 is emulated (a matmul about
+    80x slower than fp32 on an AVX2 CPU)."""
+    return device.type == "cpu" and not native_bf16(device)
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """`--dtype auto|fp32|bf16|fp16`: auto is bf16 where the hardware has native bf16, else fp32;
     an explicit dtype is refused where `device` does not support it."""
@@ -179,7 +185,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         raise InputError(
             f"--dtype {name} is not supported on {device.type.upper()}; use {' or '.join(supported)}"
         )
-    if name == "bf16" and device.type == "cpu" and not native_bf16(device):
+    if name == "bf16" and emulates_bf16(device):
         log.warning(
             "--dtype bf16: this CPU has no AMX or AVX512-BF16 and emulates bf16, which runs far slower "
             "than fp32 (about 80x for a matmul on AVX2); --dtype auto picks fp32 here"
