@@ -292,3 +292,38 @@ def test_last_checkpoint_follows_every_validation_and_the_end(tmp_path, every, e
     trainer.fit(tiny_model(), batch_loader(synthetic_batch(), 5), batch_loader(synthetic_batch(), 1))
     assert record.steps == expected
     assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 5
+
+
+class RecordLearningRate(pl.Callback):
+    """(global_step, learning rate) at the start of every training batch."""
+
+    def __init__(self):
+        self.rates = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.rates.append((trainer.global_step, trainer.optimizers[0].param_groups[0]["lr"]))
+
+
+def scheduled_tiny_model(max_decay_steps: int, learning_rate: float) -> pl.LightningModule:
+    model = tiny_model(learning_rate)
+    model.scheduler_config = {
+        "target": "ldm.lr_scheduler.LambdaWarmUpCosineScheduler",
+        "params": {"warm_up_steps": 2, "max_decay_steps": max_decay_steps, "f_min": 0.1},
+    }
+    return model
+
+
+def test_a_resumed_run_follows_the_configured_schedule_from_the_saved_step(tmp_path):
+    """Resuming with a longer schedule and another rate (overridden on the command line) stretches the
+    decay from the saved step on, at the new rate; the checkpoint's own settings do not come back."""
+    first = quiet_trainer(max_steps=3, limit_val_batches=0, enable_checkpointing=True)
+    first.callbacks.append(LastCheckpoint(str(tmp_path), every_n_train_steps=0))
+    first.fit(scheduled_tiny_model(max_decay_steps=4, learning_rate=1e-3), batch_loader(synthetic_batch(), 3))
+    record = RecordLearningRate()
+    resumed = quiet_trainer(max_steps=5, limit_val_batches=0, callbacks=[record])
+    stretched = scheduled_tiny_model(max_decay_steps=10, learning_rate=2e-3)
+    resumed.fit(stretched, batch_loader(synthetic_batch(), 5), ckpt_path=tmp_path / "last.ckpt")
+    factor = instantiate_from_config(stretched.scheduler_config)
+    assert [step for step, _ in record.rates] == [3, 4]
+    assert [rate for _, rate in record.rates] == pytest.approx([2e-3 * factor(3), 2e-3 * factor(4)])
+    assert factor(4) > 0.8, "the saved schedule (to step 4) would be at its floor, 0.1"

@@ -129,6 +129,24 @@ class DDPM(DiffusionModel, pl.LightningModule):
         self.log("global_step", float(self.global_step), prog_bar=True, on_step=True, on_epoch=False)
         return loss
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A resumed run follows the configured learning rate and schedule from the saved step:
+        LambdaLR's state would otherwise put the saved ones (e.g. `max_decay_steps`) over the config's."""
+        for state in checkpoint.get("lr_schedulers", []):
+            state.pop("base_lrs", None)
+            if "lr_lambdas" in state:
+                state["lr_lambdas"] = [None] * len(state["lr_lambdas"])
+
+    def on_train_start(self) -> None:
+        """Start at the schedule's rate for the current step (a resumed optimizer holds the saved one)."""
+        for config in self.trainer.lr_scheduler_configs:
+            schedule = config.scheduler
+            factors = [factor(schedule.last_epoch) for factor in schedule.lr_lambdas]
+            for group, base, factor in zip(
+                schedule.optimizer.param_groups, schedule.base_lrs, factors, strict=True
+            ):
+                group["lr"] = base * factor
+
     def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
         if self.use_ema:
             self.model_ema(self.model)
