@@ -3,9 +3,10 @@
 
 main.py runs on synthetic sequences (ldm.data.synthetic), then a conversion:
   1. the VQ f4 first stage on whole frames (configs/vq_f4_small.yaml),
-  2. the 4-frame VIDM on top of it (configs/vidm_small.yaml), in two phases of one run: first with a
-     still camera (a hidden pixel is copied from the same place in a context frame), then with the
-     full head-mounted motion,
+  2. the 4-frame VIDM on top of it (configs/vidm_small.yaml), in phases of one run: first with a
+     still camera (a hidden pixel is copied from the same place in a context frame), optionally with
+     the camera motion ramped up in steps (--motion-ramp-fraction), then with the full head-mounted
+     motion,
   3. EMA weights + first stage → safetensors, stored in float16 (--fp32 keeps float32).
 Each phase resumes if its run directory holds an unfinished checkpoint and is skipped when it is
 finished, so rerunning the command after an interruption continues where it stopped. Training uses
@@ -48,9 +49,14 @@ def phases(args: argparse.Namespace) -> list[Phase]:
     warm_up = min(args.warm_up_steps, args.vidm_steps // 10)  # a short trial run still decays
     decay = (f"{schedule}.max_decay_steps={args.vidm_steps}", f"{schedule}.warm_up_steps={warm_up}")
     motion = "data.params.train.params.motion_scale"
+    ramp = int(args.vidm_steps * args.motion_ramp_fraction)
+    parts = args.motion_ramp_phases if ramp > 0 else 0
+    motion_ends = [(still, 0.0)]
+    motion_ends += [(still + ramp * i // parts, i / (parts + 1)) for i in range(1, parts + 1)]
+    motion_ends += [(args.vidm_steps, 1.0)]
     vidm = [
-        Phase("vidm", "configs/vidm_small.yaml", still, (*decay, f"{motion}=0.0")),
-        Phase("vidm", "configs/vidm_small.yaml", args.vidm_steps, (*decay, f"{motion}=1.0")),
+        Phase("vidm", "configs/vidm_small.yaml", end, (*decay, f"{motion}={scale}"))
+        for end, scale in motion_ends
     ]
     vq = [
         Phase("vq", "configs/vq_f4_small.yaml", args.vq_steps - args.vq_whole_frame_steps),
@@ -94,7 +100,7 @@ def precision(choice: str, gpus: str | None) -> str:
     return "bf16-mixed" if native_bf16(device) else "32-true"
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -112,17 +118,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--still-fraction", type=float, default=0.08, help="share of VIDM steps with a still camera (0.08)"
     )
+    parser.add_argument(
+        "--motion-ramp-fraction",
+        type=float,
+        default=0.0,
+        help="share of VIDM steps after the still phase over which the camera motion grows to full (0)",
+    )
+    parser.add_argument(
+        "--motion-ramp-phases", type=int, default=3, help="motion steps of that ramp: 1/4, 2/4, 3/4 for 3 (3)"
+    )
+    parser.add_argument("--seed", type=int, default=23, help="main.py's random seed (23)")
     parser.add_argument("--precision", default="auto", help="auto (default), bf16-mixed or 32-true")
     parser.add_argument("--gpus", help="GPU indices for main.py (default: CPU)")
     parser.add_argument("--out", type=Path, default=REPO / "models" / "vidm_small" / "vidm_small.safetensors")
     parser.add_argument(
         "--fp32", action="store_true", help="store the installed weights in float32 (default float16)"
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     wallpapers = find_wallpapers(wallpaper_roots())
     log.info("training scenes: %d wallpapers found (see README, The embedded small model)", len(wallpapers))
-    extra = [f"lightning.trainer.precision={precision(args.precision, args.gpus)}"]
+    extra = ["--seed", str(args.seed), f"lightning.trainer.precision={precision(args.precision, args.gpus)}"]
     if args.gpus:
         extra = ["--gpus", args.gpus, *extra]
     last: dict[str, Path] = {}

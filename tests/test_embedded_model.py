@@ -19,6 +19,7 @@ from tests.test_inference_support import single_thread
 
 sys.path.insert(0, str(ROOT))
 from scripts.make_demo_data import write_demo  # noqa: E402
+from scripts.train_small import parse_args, phases  # noqa: E402
 
 DEMO = ROOT / "demo_data"
 
@@ -87,6 +88,17 @@ def test_demo_with_the_embedded_model(tmp_path):
         result = grid[row * 256 : (row + 1) * 256, 512:]
         assert np.array_equal(result[~mask], frame[~mask])
         assert np.abs(result[mask].astype(int) - frame[mask]).mean() > 5, "the hand is replaced"
+
+
+def test_train_small_ramps_the_camera_motion_up_after_the_still_phase():
+    args = ["--vidm-steps", "3000", "--still-fraction", "0.33", "--motion-ramp-fraction", "0.15"]
+    vidm = [phase for phase in phases(parse_args(args)) if phase.stage == "vidm"]
+    motion = [float(phase.overrides[-1].split("=")[1]) for phase in vidm]
+    assert [phase.max_steps for phase in vidm] == [990, 1140, 1290, 1440, 3000]
+    assert motion == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert all("max_decay_steps=3000" in phase.overrides[0] for phase in vidm), "one schedule"
+    default = [phase for phase in phases(parse_args([])) if phase.stage == "vidm"]
+    assert [(phase.max_steps, phase.overrides[-1][-3:]) for phase in default] == [(240, "0.0"), (3000, "1.0")]
 
 
 def test_train_small_runs_resumes_and_installs(tmp_path):
