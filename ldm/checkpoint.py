@@ -67,6 +67,14 @@ def read_state_dict(path: str | Path, unsafe: bool = False) -> dict[str, torch.T
     return _extract_state_dict(ckpt, path)
 
 
+def saved_global_step(path: str | Path | None, unsafe: bool = False) -> int:
+    """The training step a Lightning checkpoint was saved at (0 for none or a bare state dict)."""
+    if path is None or Path(path).suffix in SAFETENSORS_SUFFIXES:
+        return 0
+    ckpt = torch.load(path, map_location="cpu", weights_only=not unsafe, mmap=zipfile.is_zipfile(path))
+    return int(ckpt.get("global_step", 0)) if isinstance(ckpt, Mapping) else 0
+
+
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
     try:

@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from ldm.checkpoint import CheckpointError
+from ldm.checkpoint import CheckpointError, saved_global_step
 from ldm.training.callbacks import LastCheckpoint, SetupCallback
 from ldm.training.runs import RunPaths
-from ldm.training.trainer import build_model
+from ldm.training.trainer import build_model, run_seed
 from ldm.util import instantiate_from_config
 from tests.conftest import ROOT
 
@@ -327,3 +327,33 @@ def test_a_resumed_run_follows_the_configured_schedule_from_the_saved_step(tmp_p
     assert [step for step, _ in record.rates] == [3, 4]
     assert [rate for _, rate in record.rates] == pytest.approx([2e-3 * factor(3), 2e-3 * factor(4)])
     assert factor(4) > 0.8, "the saved schedule (to step 4) would be at its floor, 0.1"
+
+
+class RecordBatches(pl.Callback):
+    """A fingerprint (the sum of its target frames) of every training batch."""
+
+    def __init__(self):
+        self.fingerprints = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.fingerprints.append(round(float(batch["image"].sum()), 3))
+
+
+def test_a_resumed_run_draws_new_batches_instead_of_replaying_its_first(tmp_path):
+    """main.py seeds after building the model, as here. Lightning restarts the epoch's shuffle on
+    resume, so re-seeded with the run's seed alone, a resumed run would see its first batches again."""
+    batches = [synthetic_batch(seed=seed) for seed in range(16)]
+    fresh, resumed = RecordBatches(), RecordBatches()
+    model = tiny_model()
+    pl.seed_everything(run_seed(23, 0), verbose=False)
+    first = quiet_trainer(max_steps=3, limit_val_batches=0, enable_checkpointing=True, callbacks=[fresh])
+    first.callbacks.append(LastCheckpoint(str(tmp_path), every_n_train_steps=0))
+    first.fit(model, DataLoader(batches, batch_size=None, shuffle=True))
+    step = saved_global_step(tmp_path / "last.ckpt")
+    model = tiny_model()
+    pl.seed_everything(run_seed(23, step), verbose=False)
+    second = quiet_trainer(max_steps=6, limit_val_batches=0, callbacks=[resumed])
+    second.fit(model, DataLoader(batches, batch_size=None, shuffle=True), ckpt_path=tmp_path / "last.ckpt")
+    assert step == 3 and len(resumed.fingerprints) == 3
+    assert resumed.fingerprints != fresh.fingerprints
+    assert run_seed(23, 3) == run_seed(23, 3) != run_seed(23, 4), "the same resume draws the same"

@@ -14,6 +14,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback
@@ -21,7 +22,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.utilities.model_helpers import is_overridden
 
-from ldm.checkpoint import CheckpointError, load_state_into, read_state_dict
+from ldm.checkpoint import CheckpointError, load_state_into, read_state_dict, saved_global_step
 from ldm.training.callbacks import SetupCallback
 from ldm.training.cli import build_parser, explicit_flag_values
 from ldm.training.runs import TIMESTAMP_FORMAT, RunPaths, merged_node, prepare_run
@@ -180,6 +181,15 @@ def build_trainer(
         raise InputError(f"lightning config: {first_line(err)}") from None
 
 
+def run_seed(seed: int, resumed_step: int) -> int:
+    """`seed` for a fresh run; for a run resumed at `resumed_step`, a seed drawn from both, so that it
+    does not replay the data order and noise of its first steps (Lightning restarts the epoch's
+    shuffle on resume)."""
+    if resumed_step == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, resumed_step]).generate_state(1)[0] >> 1)
+
+
 def run(opt: argparse.Namespace, overrides: list[str]) -> None:
     now = datetime.now().strftime(TIMESTAMP_FORMAT)
     paths, config, lightning_config = prepare_run(opt, overrides, now)
@@ -188,8 +198,9 @@ def run(opt: argparse.Namespace, overrides: list[str]) -> None:
     data = build_data(config, "fit" if opt.train else "test")
     setup = SetupCallback(paths, now, config, lightning_config)
     trainer = build_trainer(opt, paths, setup, getattr(model, "monitor", None))
-    pl.seed_everything(opt.seed + trainer.global_rank, verbose=False)  # distinct noise per process
-    log.info("seed %d (+ global rank %d)", opt.seed, trainer.global_rank)
+    seed = run_seed(opt.seed, saved_global_step(paths.resume_checkpoint, opt.unsafe_load))
+    pl.seed_everything(seed + trainer.global_rank, verbose=False)  # distinct noise per process
+    log.info("seed %d (+ global rank %d)", seed, trainer.global_rank)
     scaled_learning_rate(model, config, trainer, opt.scale_lr)
     if trainer.strategy.root_device.type == "cuda":
         enable_tf32()  # float32 matmuls on tensor cores; bf16-mixed is a lightning.trainer.precision away
