@@ -234,8 +234,11 @@ def test_to_uint8_maps_model_range():
 class RandomDraws(Dataset):
     """Each item is what the worker's numpy, torch and Python generators draw next."""
 
+    def __init__(self, length: int = 4):
+        self.length = length
+
     def __len__(self) -> int:
-        return 4
+        return self.length
 
     def __getitem__(self, index: int):
         return torch.tensor(
@@ -260,6 +263,21 @@ def test_dataloader_workers_and_ranks_draw_differently():
     for column in range(3):
         assert rank0[0, column] != rank0[1, column], "two workers drew the same numbers"
         assert rank0[0, column] != rank1[0, column], "two ranks drew the same numbers"
+
+
+def test_processes_share_one_shuffle_and_each_takes_its_part():
+    """Two DDP processes seed differently (distinct noise); their training loaders still split one
+    shuffle of the dataset between them (the trainer stands in for a 2-process DDP run)."""
+    node = {"target": "tests.test_main.RandomDraws", "params": {"length": 16}}
+    shares = []
+    for rank in (0, 1):
+        data = main.DataModuleFromConfig(batch_size=1, train=node, num_workers=0)
+        data.trainer = SimpleNamespace(global_rank=rank, world_size=2)
+        data.shuffle_seed = 5
+        torch.manual_seed(rank)
+        shares.append(list(data.train_dataloader().sampler))
+    assert sorted(shares[0] + shares[1]) == list(range(16))
+    assert shares[0] != list(range(0, 16, 2)), "shuffled"
 
 
 def test_data_module_splits():

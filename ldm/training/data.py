@@ -9,7 +9,7 @@ from functools import partial
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.utilities.seed import pl_worker_init_function
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ldm.util import InputError, instantiate_from_config
 
@@ -19,7 +19,9 @@ class DataModuleFromConfig(pl.LightningDataModule):
 
     `wrap` is accepted for published configs: the published module wrapped map-style datasets in a
     pass-through class, which changes nothing for the datasets here. Each DataLoader worker gets its own seed (from the run's seed, the worker id and the global
-    rank), so random masks differ across workers and processes.
+    rank), so random masks differ across workers and processes. With several processes, each takes
+    its share of one shuffle drawn from `shuffle_seed` (main.py sets it from the run's seed), so an
+    epoch shows every training sample once.
     """
 
     SPLITS_FOR_STAGE = {
@@ -49,6 +51,7 @@ class DataModuleFromConfig(pl.LightningDataModule):
         nodes = {"train": train, "validation": validation, "test": test, "predict": predict}
         self.dataset_configs = {split: node for split, node in nodes.items() if node is not None}
         self.datasets: dict[str, Dataset] = {}
+        self.shuffle_seed = 0
 
     def has_split(self, split: str) -> bool:
         return split in self.dataset_configs
@@ -69,10 +72,15 @@ class DataModuleFromConfig(pl.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self._dataset(split)
         rank = self.trainer.global_rank if self.trainer is not None else 0
+        world_size = getattr(self.trainer, "world_size", 1)
+        sampler = None
+        if shuffle and world_size > 1:  # Lightning's would shuffle with each process's own seed
+            sampler = DistributedSampler(dataset, world_size, rank, shuffle=True, seed=self.shuffle_seed)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
             num_workers=self.num_workers,
             worker_init_fn=partial(pl_worker_init_function, rank=rank),
             persistent_workers=self.num_workers > 0,

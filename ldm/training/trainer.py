@@ -200,6 +200,7 @@ def run(opt: argparse.Namespace, overrides: list[str]) -> None:
     trainer = build_trainer(opt, paths, setup, getattr(model, "monitor", None))
     seed = run_seed(opt.seed, saved_global_step(paths.resume_checkpoint, opt.unsafe_load))
     pl.seed_everything(seed + trainer.global_rank, verbose=False)  # distinct noise per process
+    data.shuffle_seed = seed  # one shuffle shared by all processes
     log.info("seed %d (+ global rank %d)", seed, trainer.global_rank)
     scaled_learning_rate(model, config, trainer, opt.scale_lr)
     if trainer.strategy.root_device.type == "cuda":
