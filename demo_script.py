@@ -17,6 +17,7 @@ from ldm.inference.cli import (
     add_sampling_arguments,
     device_and_dtype,
     run_command,
+    sampling_spacing,
     sampling_steps,
     setup_logging,
 )
@@ -58,14 +59,16 @@ def demo(args: argparse.Namespace) -> None:
     choice = choose_model(args.checkpoint, args.config)
     model, resolution = load_model(choice, device, dtype, args.unsafe_load)
     steps = sampling_steps(args, choice.config)
-    inpainter = Inpainter(model, dtype, steps, args.eta)
+    spacing = sampling_spacing(args, choice.config)
+    inpainter = Inpainter(model, dtype, steps, args.eta, spacing)
     log.info(
-        "sampling 4 frames at %dx%d on %s (%s), %d DDIM steps",
+        "sampling 4 frames at %dx%d on %s (%s), %d DDIM steps (%s)",
         resolution,
         resolution,
         device,
         str(dtype).removeprefix("torch."),
         steps,
+        spacing,
     )
     results = inpaint_demo(frames, masks, inpainter, resolution, seeded_generator(device, args.seed))
     args.out.parent.mkdir(parents=True, exist_ok=True)

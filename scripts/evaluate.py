@@ -44,6 +44,7 @@ from ldm.inference.cli import (
     device_and_dtype,
     positive_int,
     run_command,
+    sampling_spacing,
     setup_logging,
 )
 from ldm.inference.images import (
@@ -147,12 +148,13 @@ def per_sample_method(fill: Callable[[EvalSample], np.ndarray]) -> Method:
     return lambda samples: np.stack([composite(s.frames[-1], fill(s), s.masks[-1]) for s in samples])
 
 
-def build_methods(args: argparse.Namespace) -> tuple[dict[str, Method], int, str]:
+def build_methods(
+    args: argparse.Namespace, choice: ModelChoice, spacing: str
+) -> tuple[dict[str, Method], int, str]:
     """The methods to run, the evaluation size and a description of the model."""
     device, dtype = device_and_dtype(args)
-    choice = choose_model(args.checkpoint, args.config)
     model, resolution = load_model(choice, device, dtype, args.unsafe_load)
-    inpainter = Inpainter(model, dtype, steps=args.steps, eta=args.eta)
+    inpainter = Inpainter(model, dtype, args.steps, args.eta, spacing)
     methods: dict[str, Method] = {
         "vidm": model_method(inpainter, resolution, args.batch_size, args.seed, "multi"),
         "vidm_single_frame": model_method(inpainter, resolution, args.batch_size, args.seed, "single"),
@@ -162,7 +164,9 @@ def build_methods(args: argparse.Namespace) -> tuple[dict[str, Method], int, str
     }
     if INPAINTING_BIG.checkpoint.is_file():
         big, big_resolution = load_model(INPAINTING_BIG, device, dtype, args.unsafe_load)
-        big_inpainter = Inpainter(big, dtype, steps=args.steps, eta=args.eta)
+        big_inpainter = Inpainter(
+            big, dtype, args.steps, args.eta, sampling_spacing(args, INPAINTING_BIG.config)
+        )
         methods["ldm_inpainting_big"] = model_method(
             big_inpainter, big_resolution, args.batch_size, args.seed, "image"
         )
@@ -242,7 +246,9 @@ def grid(samples: list[EvalSample], predictions: dict[str, np.ndarray], rows: in
 
 
 def evaluate(args: argparse.Namespace) -> None:
-    methods, size, model = build_methods(args)
+    choice = choose_model(args.checkpoint, args.config)
+    spacing = sampling_spacing(args, choice.config)
+    methods, size, model = build_methods(args, choice, spacing)
     samples = load_samples(args, size)
     if not samples:
         raise InputError("no evaluation samples")
@@ -267,6 +273,7 @@ def evaluate(args: argparse.Namespace) -> None:
             "size": size,
             "model": model,
             "steps": args.steps,
+            "spacing": spacing,
             "eta": args.eta,
             "seed": args.seed,
         },
@@ -276,7 +283,7 @@ def evaluate(args: argparse.Namespace) -> None:
     tmp.replace(args.out / "results.json")
     table = results_table(results)
     (args.out / "results.md.partial").write_text(
-        f"{len(samples)} {args.data} samples at {size} px; {model}; DDIM {args.steps} steps, eta {args.eta}\n\n{table}"
+        f"{len(samples)} {args.data} samples at {size} px; {model}; DDIM {args.steps} steps ({spacing}), eta {args.eta}\n\n{table}"
     )
     (args.out / "results.md.partial").replace(args.out / "results.md")
     write_image_atomic(args.out / "grid.png", grid(samples, predictions))

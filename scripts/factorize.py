@@ -24,6 +24,7 @@ from ldm.inference.cli import (
     device_and_dtype,
     positive_int,
     run_command,
+    sampling_spacing,
     sampling_steps,
     setup_logging,
 )
@@ -99,6 +100,7 @@ def run(args: argparse.Namespace) -> None:
         dilation=args.dilation,
         batch_size=args.batch_size,
         steps=sampling_steps(args, choice.config),
+        spacing=sampling_spacing(args, choice.config),
         eta=args.eta,
         seed=args.seed,
         dtype=dtype,

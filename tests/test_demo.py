@@ -97,13 +97,21 @@ def test_demo_follows_the_published_preprocessing(small, tmp_path):
 def test_demo_is_reproducible_with_a_seed_and_runs_in_bf16(small, tmp_path):
     target = make_demo_folder(tmp_path / "demo")
     outputs = {}
-    for name, extra in {"a": [], "b": [], "c": ["--seed", "5"], "bf16": ["--dtype", "bf16"]}.items():
+    runs = {
+        "a": [],
+        "b": [],
+        "c": ["--seed", "5"],
+        "bf16": ["--dtype", "bf16"],
+        "t": ["--spacing", "trailing"],
+    }
+    for name, extra in runs.items():
         outputs[name] = tmp_path / f"{name}.png"
         args = [str(target), "--steps", "4", "--device", "cpu", "--out", str(outputs[name]), *small, *extra]
         assert demo_script.main(args) == 0
     grids = {name: read_rgb(path) for name, path in outputs.items()}
     assert np.array_equal(grids["a"], grids["b"])
     assert not np.array_equal(grids["a"], grids["c"])
+    assert not np.array_equal(grids["a"], grids["t"]), "other timesteps, other samples"
     assert_pasted_back_outside_mask(grids["bf16"])
 
 

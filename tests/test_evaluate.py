@@ -107,6 +107,7 @@ def test_evaluate_writes_results_table_and_grid(reference, tmp_path):
     assert evaluate(argv) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["n"] == 3
+    assert results["settings"]["steps"] == 2 and results["settings"]["spacing"] == "leading"
     methods = {"vidm", "vidm_single_frame", "telea", "temporal_copy", "autoencoder_bound"}
     assert set(results["methods"]) == methods
     for metrics in results["methods"].values():

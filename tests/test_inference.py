@@ -37,6 +37,7 @@ from ldm.inference.model import (
     ModelChoice,
     choose_model,
     default_ddim_steps,
+    default_timestep_spacing,
     load_model,
     model_resolution,
     prepare_for_inference,
@@ -145,6 +146,18 @@ def test_default_ddim_steps_come_from_the_model_config(tmp_path):
     assert default_ddim_steps(config) == 40
 
 
+def test_default_timestep_spacing_comes_from_the_model_config(tmp_path):
+    assert default_timestep_spacing(ROOT / OFFICIAL_CONFIG) == "leading", "LDM's, as published"
+    config = tmp_path / "small.yaml"
+    config.write_text("model: {target: x}\ninference: {timestep_spacing: trailing}\n")
+    assert default_timestep_spacing(config) == "trailing"
+    config.write_text("model: {target: x}\ninference: {timestep_spacing: linspace}\n")
+    with pytest.raises(
+        InputError, match=r"small.yaml: inference.timestep_spacing must be one of leading, trailing"
+    ):
+        default_timestep_spacing(config)
+
+
 def test_bf16_weights_keep_norms_and_schedule_in_float32(small_model):
     prepare_for_inference(small_model, "cpu", torch.bfloat16)
     unet = small_model.model.diffusion_model
@@ -208,6 +221,9 @@ def test_ddim_steps_outside_the_schedule_are_refused(small_model):
     for steps in (0, -1, 1001):
         with pytest.raises(InputError, match=f"--steps {steps}: {steps} DDIM steps do not fit the 1000-step"):
             Inpainter(small_model, steps=steps)
+    Inpainter(small_model, steps=1, spacing="trailing")
+    with pytest.raises(InputError, match="--spacing linspace: use one of leading, trailing"):
+        Inpainter(small_model, steps=4, spacing="linspace")
 
 
 def test_tile_starts_cover_with_overlap():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from ldm.models.diffusion.core import SCHEDULE_BUFFERS
@@ -117,3 +118,33 @@ def test_ddim_timesteps_have_exactly_s_steps_inside_the_schedule():
         assert len(t) == steps and len(set(t)) == steps
         assert 0 <= t.min() and t.max() <= 999
     assert list(ddim_timesteps(1000, 1000)) == list(range(1000))
+
+
+def test_trailing_ddim_timesteps_start_at_the_last_step_of_the_schedule():
+    from ldm.models.diffusion.ddim import ddim_timesteps
+
+    assert list(ddim_timesteps(1, 1000, "trailing")) == [999]
+    assert list(ddim_timesteps(2, 1000, "trailing")) == [499, 999]
+    assert list(ddim_timesteps(3, 1000, "trailing")) == [332, 666, 999]
+    assert list(ddim_timesteps(1000, 1000, "trailing")) == list(range(1000))
+    for steps in (1, 3, 7, 37, 251, 333, 999):
+        t = ddim_timesteps(steps, 1000, "trailing")
+        assert len(set(t)) == steps and t.min() >= 0 and t.max() == 999
+        assert list(t) == sorted(t)
+    with pytest.raises(ValueError, match="spacing must be one of leading, trailing, got 'linspace'"):
+        ddim_timesteps(10, 1000, "linspace")
+
+
+@torch.no_grad()
+def test_ddim_calls_the_model_at_the_timesteps_of_its_spacing(small_model, reference, monkeypatch):
+    seen = []
+
+    def recording_apply(x, t, cond):
+        seen.append(t.tolist())
+        return torch.zeros_like(x)
+
+    monkeypatch.setattr(small_model, "apply_model", recording_apply)
+    for spacing, expected in (("leading", [501, 1]), ("trailing", [999, 499])):
+        seen.clear()
+        DDIMSampler(small_model).sample(2, 2, (3, 8, 8), reference["cond"], eta=0.0, spacing=spacing)
+        assert seen == [[expected[0]] * 2, [expected[1]] * 2]

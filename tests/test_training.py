@@ -125,6 +125,20 @@ def test_hole_loss_weight_weighs_the_target_hole_of_the_loss():
     torch.testing.assert_close(loss, (error * expected).mean())
 
 
+def test_training_draws_timesteps_from_the_configured_range_only():
+    model = tiny_model()
+    x = torch.zeros(20_000, 1)  # 20 000 draws miss a given step with probability 2e-9
+    t = model.draw_timesteps(x)
+    assert t.min() == 0 and t.max() == model.num_timesteps - 1
+    config = OmegaConf.load(TINY_CONFIG).model
+    config.params.timestep_range = [750, 1000]
+    t = instantiate_from_config(config).draw_timesteps(x)
+    assert t.min() == 750 and t.max() == 999
+    config.params.timestep_range = [500, 1001]
+    with pytest.raises(ValueError, match=r"timestep_range must lie in \[0, 1000\], got \[500, 1001\)"):
+        instantiate_from_config(config)
+
+
 def test_overfits_one_batch():
     """120 AdamW steps on one batch more than halve its loss.
 

@@ -17,9 +17,11 @@ from ldm.inference.model import (
     OFFICIAL_WEIGHTS,
     SMALL_WEIGHTS,
     default_ddim_steps,
+    default_timestep_spacing,
     resolve_device,
     resolve_dtype,
 )
+from ldm.models.diffusion.ddim import SPACINGS
 from ldm.util import InputError, first_line
 
 
@@ -56,7 +58,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def add_sampling_arguments(
     parser: argparse.ArgumentParser, steps: int | None = None, eta: float = 1.0
 ) -> None:
-    """--device, --dtype, --steps, --eta, --seed; `steps` None: the model's default (see `sampling_steps`)."""
+    """--device, --dtype, --steps, --spacing, --eta, --seed; `steps` None: the model's default (see
+    `sampling_steps`)."""
     group = parser.add_argument_group("sampling")
     group.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
     group.add_argument(
@@ -68,6 +71,12 @@ def add_sampling_arguments(
     )
     steps_help = f"(default {steps})" if steps else "(default: the model's, 200 for the released one)"
     group.add_argument("--steps", type=positive_int, default=steps, help=f"DDIM steps {steps_help}")
+    group.add_argument(
+        "--spacing",
+        choices=SPACINGS,
+        help="DDIM timesteps for S steps of a T-step schedule: leading (LDM's, starts at t = T - T/S + 1) "
+        "or trailing (starts at t = T - 1) (default: the model's, leading for the released one)",
+    )
     group.add_argument("--eta", type=non_negative_float, default=eta, help=f"DDIM eta (default {eta})")
     group.add_argument("--seed", type=int, default=0, help="random seed; same seed, same result (default 0)")
 
@@ -75,6 +84,11 @@ def add_sampling_arguments(
 def sampling_steps(args: argparse.Namespace, config: Path) -> int:
     """--steps, or the model config's default DDIM steps."""
     return args.steps or default_ddim_steps(config)
+
+
+def sampling_spacing(args: argparse.Namespace, config: Path) -> str:
+    """--spacing, or the model config's default DDIM timestep spacing."""
+    return args.spacing or default_timestep_spacing(config)
 
 
 def device_and_dtype(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:

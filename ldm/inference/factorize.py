@@ -46,6 +46,7 @@ class FactorizeOptions:
     dilation: int = 7
     batch_size: int = 4
     steps: int = 200
+    spacing: str = "leading"
     eta: float = 1.0
     seed: int = 0
     dtype: torch.dtype = torch.float32
@@ -177,7 +178,7 @@ class Factorizer(pl.LightningModule):
     def __init__(self, model: nn.Module, options: FactorizeOptions):
         super().__init__()
         self.diffusion = model
-        self.inpainter = Inpainter(model, options.dtype, options.steps, options.eta)
+        self.inpainter = Inpainter(model, options.dtype, options.steps, options.eta, options.spacing)
         self.seed = options.seed
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> np.ndarray:

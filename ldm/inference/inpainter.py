@@ -19,7 +19,7 @@ from einops import rearrange
 from torch import nn
 
 from ldm.inference.model import precision
-from ldm.models.diffusion.ddim import Generators, ddim_timesteps
+from ldm.models.diffusion.ddim import SPACINGS, Generators, ddim_timesteps
 from ldm.util import InputError, to_uint8
 
 MIN_OVERLAP_FRACTION = 8
@@ -51,16 +51,24 @@ class Inpainter:
     """Inpaints the last of T frames with a VIDM model, borrowing from the T-1 context frames before it."""
 
     def __init__(
-        self, model: nn.Module, dtype: torch.dtype = torch.float32, steps: int = 200, eta: float = 1.0
+        self,
+        model: nn.Module,
+        dtype: torch.dtype = torch.float32,
+        steps: int = 200,
+        eta: float = 1.0,
+        spacing: str = "leading",
     ):
+        if spacing not in SPACINGS:
+            raise InputError(f"--spacing {spacing}: use one of {', '.join(SPACINGS)}")
         try:
-            ddim_timesteps(steps, model.num_timesteps)
+            ddim_timesteps(steps, model.num_timesteps, spacing)
         except ValueError as err:
             raise InputError(f"--steps {steps}: {err}") from None
         self.model = model
         self.dtype = dtype
         self.steps = steps
         self.eta = eta
+        self.spacing = spacing
 
     @property
     def device(self) -> torch.device:
@@ -83,7 +91,13 @@ class Inpainter:
         with precision(self.device, self.dtype):
             cond = self.model.get_learned_conditioning(batch)
             latents, _ = self.model.sample_log(
-                cond, len(frames), ddim_steps=self.steps, eta=self.eta, verbose=progress, generator=generator
+                cond,
+                len(frames),
+                ddim_steps=self.steps,
+                eta=self.eta,
+                spacing=self.spacing,
+                verbose=progress,
+                generator=generator,
             )
             images = self.model.decode_first_stage(latents)
         return to_uint8(images)

@@ -31,6 +31,7 @@ from ldm.checkpoint import (
     release_mapped_pages,
 )
 from ldm.models.diffusion.core import SCHEDULE_BUFFERS
+from ldm.models.diffusion.ddim import SPACINGS
 from ldm.modules.diffusionmodules.openaimodel import channels_last
 from ldm.util import (
     ConfigError,
@@ -114,11 +115,25 @@ def read_model_config(path: Path) -> DictConfig:
     return read_config(path).model
 
 
+def inference_defaults(path: Path) -> Mapping[str, Any]:
+    """The config's `inference:` node: the sampling settings a model documents it was measured with."""
+    return read_config(path).get("inference", {})
+
+
 def default_ddim_steps(path: Path) -> int:
-    """DDIM steps when --steps is not given: the config's `inference.ddim_steps` (a model documents
-    there the count it was measured with), else the published demo's 200."""
-    steps = read_config(path).get("inference", {}).get("ddim_steps", PUBLISHED_DDIM_STEPS)
-    return int(steps)
+    """DDIM steps when --steps is not given: the config's `inference.ddim_steps`, else the published demo's 200."""
+    return int(inference_defaults(path).get("ddim_steps", PUBLISHED_DDIM_STEPS))
+
+
+def default_timestep_spacing(path: Path) -> str:
+    """DDIM timestep spacing when --spacing is not given: the config's `inference.timestep_spacing`,
+    else LDM's `leading`, which the published numbers were made with."""
+    spacing = str(inference_defaults(path).get("timestep_spacing", "leading"))
+    if spacing not in SPACINGS:
+        raise InputError(
+            f"{path}: inference.timestep_spacing must be one of {', '.join(SPACINGS)}, got {spacing!r}"
+        )
+    return spacing
 
 
 def model_resolution(model_config: DictConfig, source: Path | str = "config") -> int:

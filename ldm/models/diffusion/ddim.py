@@ -15,17 +15,29 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+SPACINGS = ("leading", "trailing")
+"""How DDIM spreads its S steps over the T training steps (see `ddim_timesteps`)."""
 
-def ddim_timesteps(num_steps: int, num_train_steps: int) -> np.ndarray:
-    """LDM's uniform DDIM steps, k * (T // S) + 1 for k < S (0..T-1 when S = T).
 
-    LDM writes this as arange(0, T, T // S) + 1, which is the same when S divides T and S < T, but
-    steps past the end of the schedule otherwise (S + 1 steps for S = 3; step T for S = T).
+def ddim_timesteps(num_steps: int, num_train_steps: int, spacing: str = "leading") -> np.ndarray:
+    """The S timesteps a DDIM run visits, ascending.
+
+    `leading`: LDM's uniform steps, k * (T // S) + 1 for k < S (0..T-1 when S = T). LDM writes this
+    as arange(0, T, T // S) + 1, which is the same when S divides T and S < T, but steps past the end
+    of the schedule otherwise (S + 1 steps for S = 3; step T for S = T). The first step is not T-1,
+    so the sampler hands pure noise to the model as if it were a less noisy x_t.
+    `trailing`: round(T - k * T / S) - 1 for k < S, so the first step is T-1, where x_T is pure noise
+    (Lin et al., "Common Diffusion Noise Schedules and Sample Steps are Flawed", WACV 2024).
     """
     if not 0 < num_steps <= num_train_steps:
         raise ValueError(
             f"{num_steps} DDIM steps do not fit the {num_train_steps}-step schedule; use 1..{num_train_steps}"
         )
+    if spacing not in SPACINGS:
+        raise ValueError(f"timestep spacing must be one of {', '.join(SPACINGS)}, got {spacing!r}")
+    if spacing == "trailing":
+        from_the_end = np.round(num_train_steps - np.arange(num_steps) * num_train_steps / num_steps)
+        return from_the_end[::-1].astype(int) - 1
     steps = np.arange(num_steps) * (num_train_steps // num_steps) + 1
     return steps - 1 if steps[-1] >= num_train_steps else steps
 
@@ -52,10 +64,12 @@ class DDIMSchedule:
     sigmas: list[float]
 
     @classmethod
-    def from_alphas_cumprod(cls, alphas_cumprod: torch.Tensor, num_steps: int, eta: float) -> DDIMSchedule:
+    def from_alphas_cumprod(
+        cls, alphas_cumprod: torch.Tensor, num_steps: int, eta: float, spacing: str = "leading"
+    ) -> DDIMSchedule:
         """ᾱ at the DDIM steps, ᾱ_prev = [ᾱ_0, previous...], σ = eta·sqrt((1-ᾱ_prev)/(1-ᾱ)·(1-ᾱ/ᾱ_prev))."""
         acp = alphas_cumprod.detach().cpu().double().numpy()
-        steps = ddim_timesteps(num_steps, len(acp))
+        steps = ddim_timesteps(num_steps, len(acp), spacing)
         alphas = acp[steps]
         alphas_prev = np.concatenate([acp[:1], acp[steps[:-1]]])
         sigmas = eta * np.sqrt((1 - alphas_prev) / (1 - alphas) * (1 - alphas / alphas_prev))
@@ -107,14 +121,15 @@ class DDIMSampler:
         verbose: bool = False,
         generator: Generators = None,
         log_every_t: int = 100,
+        spacing: str = "leading",
     ) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
         """Denoise from x_T (default N(0, I), float32) in S steps; returns (x_0, intermediates).
 
         `verbose` shows a progress bar; `generator` (one, or one per sample) makes the noise
-        reproducible on any device.
+        reproducible on any device; `spacing` picks the S timesteps (`ddim_timesteps`).
         """
         device = self.model.betas.device
-        sched = DDIMSchedule.from_alphas_cumprod(self.model.alphas_cumprod, S, eta)
+        sched = DDIMSchedule.from_alphas_cumprod(self.model.alphas_cumprod, S, eta, spacing)
         x = x_T if x_T is not None else randn((batch_size, *shape), device, generator)
         intermediates: dict[str, list[torch.Tensor]] = {"x_inter": [x], "pred_x0": [x]}
         for i, index in enumerate(tqdm(range(S - 1, -1, -1), desc="DDIM", total=S, disable=not verbose)):

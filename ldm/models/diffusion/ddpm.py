@@ -34,12 +34,20 @@ class DDPM(DiffusionModel, pl.LightningModule):
         l_simple_weight: float = 1.0,
         learning_rate: float | None = None,
         scheduler_config: Mapping | None = None,
+        timestep_range: Sequence[int] | None = None,
         **kwargs: Any,
     ):
-        """Training settings; `kwargs` are the `DiffusionModel`'s (unet_config, schedule, ...)."""
+        """Training settings; `kwargs` are the `DiffusionModel`'s (unet_config, schedule, ...).
+
+        `timestep_range` [lo, hi): train on t ~ U{lo..hi-1} only (default: every step of the schedule).
+        """
         if loss_type not in ("l1", "l2"):
             raise ValueError(f"loss_type must be l1 or l2, got {loss_type!r}")
         super().__init__(**kwargs)
+        lo, hi = timestep_range if timestep_range is not None else (0, self.num_timesteps)
+        if not 0 <= lo < hi <= self.num_timesteps:
+            raise ValueError(f"timestep_range must lie in [0, {self.num_timesteps}], got [{lo}, {hi})")
+        self.timestep_range = (int(lo), int(hi))
         self.loss_type = loss_type
         if monitor is not None:
             self.monitor = monitor
@@ -101,8 +109,8 @@ class DDPM(DiffusionModel, pl.LightningModule):
         }
 
     def draw_timesteps(self, x: torch.Tensor) -> torch.Tensor:
-        """t ~ U{0..T-1}, one per sample."""
-        return torch.randint(0, self.num_timesteps, (x.shape[0],), device=x.device).long()
+        """t ~ U{lo..hi-1} of `timestep_range` (default U{0..T-1}), one per sample."""
+        return torch.randint(*self.timestep_range, (x.shape[0],), device=x.device).long()
 
     def forward(self, x: torch.Tensor, c: Any = None, **kwargs: Any):
         return self.p_losses(x, c, self.draw_timesteps(x), **kwargs)
