@@ -139,6 +139,26 @@ def test_training_draws_timesteps_from_the_configured_range_only():
         instantiate_from_config(config)
 
 
+def test_logged_samples_use_the_configured_ddim_steps_and_spacing(monkeypatch):
+    model, seen = tiny_model(), []
+    apply_model = model.apply_model
+
+    def recording_apply(x, t, cond, *args, **kwargs):
+        seen.append(sorted(set(t.tolist())))
+        return apply_model(x, t, cond, *args, **kwargs)
+
+    monkeypatch.setattr(model, "apply_model", recording_apply)
+    logger = instantiate_from_config(
+        {
+            "target": "ldm.models.diffusion.logging.InpaintLog3d",
+            "params": {"ddim_steps": 1, "spacing": "trailing"},
+        }
+    )
+    images = logger(model.eval(), synthetic_batch(), N=2)
+    assert seen == [[999]]
+    assert images["samples"].shape == images["target"].shape == (2, 3, 32, 32)
+
+
 def test_overfits_one_batch():
     """120 AdamW steps on one batch more than halve its loss.
 

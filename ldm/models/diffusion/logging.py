@@ -15,9 +15,11 @@ class InpaintLog3d:
     Every entry is (N,3,H,W') in [-1,1]; frame sequences are laid side by side (W' = T*W).
     """
 
-    def __init__(self, ddim_steps: int = 200, eta: float = 1.0):
+    def __init__(self, ddim_steps: int = 200, eta: float = 1.0, spacing: str = "leading"):
+        """DDIM settings of the EMA sample; `spacing` as in `ldm.models.diffusion.ddim.ddim_timesteps`."""
         self.ddim_steps = ddim_steps
         self.eta = eta
+        self.spacing = spacing
 
     @torch.no_grad()
     def __call__(
@@ -40,7 +42,11 @@ class InpaintLog3d:
         if sample:
             with model.ema_scope("sampling"):
                 latents, _ = model.sample_log(
-                    c, batch_size=n, ddim_steps=ddim_steps or self.ddim_steps, eta=self.eta
+                    c,
+                    batch_size=n,
+                    ddim_steps=ddim_steps or self.ddim_steps,
+                    eta=self.eta,
+                    spacing=self.spacing,
                 )
             log["samples"] = model.decode_first_stage(latents)
         return {k: v.clamp(-1, 1) for k, v in log.items()}
