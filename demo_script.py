@@ -15,6 +15,7 @@ from pathlib import Path
 from ldm.inference.cli import (
     add_model_arguments,
     add_sampling_arguments,
+    context_alignment,
     device_and_dtype,
     run_command,
     sampling_spacing,
@@ -60,15 +61,17 @@ def demo(args: argparse.Namespace) -> None:
     model, resolution = load_model(choice, device, dtype, args.unsafe_load)
     steps = sampling_steps(args, choice.config)
     spacing = sampling_spacing(args, choice.config)
-    inpainter = Inpainter(model, dtype, steps, args.eta, spacing)
+    align = context_alignment(args, choice.config)
+    inpainter = Inpainter(model, dtype, steps, args.eta, spacing, align)
     log.info(
-        "sampling 4 frames at %dx%d on %s (%s), %d DDIM steps (%s)",
+        "sampling 4 frames at %dx%d on %s (%s), %d DDIM steps (%s)%s",
         resolution,
         resolution,
         device,
         str(dtype).removeprefix("torch."),
         steps,
         spacing,
+        ", context frames aligned to each target" if align else "",
     )
     results = inpaint_demo(frames, masks, inpainter, resolution, seeded_generator(device, args.seed))
     args.out.parent.mkdir(parents=True, exist_ok=True)

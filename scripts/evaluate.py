@@ -6,6 +6,7 @@ Methods, in one run, on the same samples:
   vidm_single_frame  the same model with the context frames replaced by copies of the masked target
   telea              OpenCV inpainting (Telea) of the target frame
   temporal_copy      each masked pixel from the latest context frame where it is visible, Telea for the rest
+  aligned_copy       temporal_copy after warping the context frames onto the target's view (affine fit)
   ldm_inpainting_big LDM's 2D inpainting model on the target frame (when its checkpoint is present)
   autoencoder_bound  the true target through the model's first stage: what predicting its latent exactly
                      would score, about the best a latent-diffusion model can do at this size
@@ -35,12 +36,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ldm.data.alignment import align_to_last
 from ldm.evaluation.baselines import telea, temporal_copy
 from ldm.evaluation.benchmark import EvalSample, synthetic_samples, visor_samples
 from ldm.evaluation.metrics import PerceptualMetrics, frame_metrics
 from ldm.inference.cli import (
     add_model_arguments,
     add_sampling_arguments,
+    context_alignment,
     device_and_dtype,
     positive_int,
     run_command,
@@ -82,7 +85,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--methods",
         nargs="+",
-        help="subset of vidm vidm_single_frame telea temporal_copy autoencoder_bound ldm_inpainting_big",
+        help="subset of vidm vidm_single_frame telea temporal_copy aligned_copy autoencoder_bound "
+        "ldm_inpainting_big",
     )
     visor = parser.add_argument_group("--data visor (NoHands validation windows)")
     visor.add_argument("--epic-root", default=os.environ.get("EPIC_ROOT"), help="default $EPIC_ROOT")
@@ -149,17 +153,18 @@ def per_sample_method(fill: Callable[[EvalSample], np.ndarray]) -> Method:
 
 
 def build_methods(
-    args: argparse.Namespace, choice: ModelChoice, spacing: str
+    args: argparse.Namespace, choice: ModelChoice, spacing: str, align_context: bool
 ) -> tuple[dict[str, Method], int, str]:
     """The methods to run, the evaluation size and a description of the model."""
     device, dtype = device_and_dtype(args)
     model, resolution = load_model(choice, device, dtype, args.unsafe_load)
-    inpainter = Inpainter(model, dtype, args.steps, args.eta, spacing)
+    inpainter = Inpainter(model, dtype, args.steps, args.eta, spacing, align_context)
     methods: dict[str, Method] = {
         "vidm": model_method(inpainter, resolution, args.batch_size, args.seed, "multi"),
         "vidm_single_frame": model_method(inpainter, resolution, args.batch_size, args.seed, "single"),
         "telea": per_sample_method(lambda s: telea(s.frames[-1], s.masks[-1])),
         "temporal_copy": per_sample_method(lambda s: temporal_copy(s.frames, s.masks)),
+        "aligned_copy": per_sample_method(lambda s: temporal_copy(*align_to_last(s.frames, s.masks))),
         "autoencoder_bound": autoencoder_method(inpainter, resolution, args.batch_size),
     }
     if INPAINTING_BIG.checkpoint.is_file():
@@ -248,7 +253,8 @@ def grid(samples: list[EvalSample], predictions: dict[str, np.ndarray], rows: in
 def evaluate(args: argparse.Namespace) -> None:
     choice = choose_model(args.checkpoint, args.config)
     spacing = sampling_spacing(args, choice.config)
-    methods, size, model = build_methods(args, choice, spacing)
+    align_context = context_alignment(args, choice.config)
+    methods, size, model = build_methods(args, choice, spacing, align_context)
     samples = load_samples(args, size)
     if not samples:
         raise InputError("no evaluation samples")
@@ -276,6 +282,7 @@ def evaluate(args: argparse.Namespace) -> None:
             "spacing": spacing,
             "eta": args.eta,
             "seed": args.seed,
+            "align_context": align_context,
         },
     }
     tmp = args.out / "results.json.partial"
@@ -283,7 +290,7 @@ def evaluate(args: argparse.Namespace) -> None:
     tmp.replace(args.out / "results.json")
     table = results_table(results)
     (args.out / "results.md.partial").write_text(
-        f"{len(samples)} {args.data} samples at {size} px; {model}; DDIM {args.steps} steps ({spacing}), eta {args.eta}\n\n{table}"
+        f"{len(samples)} {args.data} samples at {size} px; {model}; DDIM {args.steps} steps ({spacing}), eta {args.eta}{' (context aligned)' if align_context else ''}\n\n{table}"
     )
     (args.out / "results.md.partial").replace(args.out / "results.md")
     write_image_atomic(args.out / "grid.png", grid(samples, predictions))

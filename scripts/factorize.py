@@ -21,6 +21,7 @@ from pathlib import Path
 from ldm.inference.cli import (
     add_model_arguments,
     add_sampling_arguments,
+    context_alignment,
     device_and_dtype,
     positive_int,
     run_command,
@@ -101,6 +102,7 @@ def run(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         steps=sampling_steps(args, choice.config),
         spacing=sampling_spacing(args, choice.config),
+        align_context=context_alignment(args, choice.config),
         eta=args.eta,
         seed=args.seed,
         dtype=dtype,

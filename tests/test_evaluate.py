@@ -108,7 +108,7 @@ def test_evaluate_writes_results_table_and_grid(reference, tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["n"] == 3
     assert results["settings"]["steps"] == 2 and results["settings"]["spacing"] == "leading"
-    methods = {"vidm", "vidm_single_frame", "telea", "temporal_copy", "autoencoder_bound"}
+    methods = {"vidm", "vidm_single_frame", "telea", "temporal_copy", "aligned_copy", "autoencoder_bound"}
     assert set(results["methods"]) == methods
     for metrics in results["methods"].values():
         assert {"psnr_mask", "ssim_mask", "psnr", "ssim"} <= set(metrics)

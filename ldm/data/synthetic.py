@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
+from ldm.data.alignment import align_to_last
 from ldm.data.synthetic_hands import hand_alphas, hand_tracks, moving_hand_tracks, paint_hands
 from ldm.data.synthetic_motion import head_motion, render_views, view_cameras
 from ldm.data.synthetic_scenes import (
@@ -134,13 +135,22 @@ def dilate(masks: np.ndarray, dilation: int) -> np.ndarray:
     return np.stack([cv2.dilate(m, kernel) for m in flat]).reshape(masks.shape) > 0
 
 
-def inpainting_sample(seq: Sequence, mask_dilation: int, latent_size: int) -> dict[str, np.ndarray]:
-    """The NoHands sample format: target, masked frames, ±1 masks and the latent loss mask."""
+def inpainting_sample(
+    seq: Sequence, mask_dilation: int, latent_size: int, align_context: bool = False
+) -> dict[str, np.ndarray]:
+    """The NoHands sample format: target, masked frames, ±1 masks and the latent loss mask.
+
+    align_context warps the context frames onto the target's view (ldm.data.alignment).
+    """
     masks = dilate(seq.masks, mask_dilation)
     to_pm1 = seq.clean * 2 - 1
+    target = to_pm1[-1].astype(np.float32)
+    if align_context:
+        frames, masks = align_to_last((np.clip(seq.clean, 0, 1) * 255).round().astype(np.uint8), masks)
+        to_pm1 = frames / 127.5 - 1
     hand_images = np.where(masks[..., None], -1.0, to_pm1).astype(np.float32)
     return {
-        "image": to_pm1[-1].astype(np.float32),
+        "image": target,
         "hand_images": hand_images,
         "mask": np.where(masks, 1.0, -1.0).astype(np.float32),
         "loss_mask": np.ones((latent_size, latent_size), dtype=bool),
@@ -152,6 +162,8 @@ class SyntheticHands(Dataset):
 
     motion_scale (0..1, training only) scales the camera's motion: 0 gives a still camera, where a
     hidden pixel is copied from the same place in a context frame, 1 the full head-mounted motion.
+    align_context warps each context frame onto the target's view first, as inference does for a
+    model whose config sets `inference.align_context`.
     """
 
     def __init__(
@@ -164,8 +176,10 @@ class SyntheticHands(Dataset):
         mask_dilation: int = 3,
         downsample: int = 4,
         motion_scale: float = 1.0,
+        align_context: bool = False,
     ):
         check_options(split, motion_scale)
+        self.align_context = align_context
         self.size, self.num_frames, self.length = size, num_frames, length
         self.split, self.seed = split, seed
         self.mask_dilation = mask_dilation
@@ -186,7 +200,9 @@ class SyntheticHands(Dataset):
         )
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        return inpainting_sample(self.sequence(index), self.mask_dilation, self.latent_size)
+        return inpainting_sample(
+            self.sequence(index), self.mask_dilation, self.latent_size, self.align_context
+        )
 
 
 class SyntheticFrames(Dataset):

@@ -16,6 +16,7 @@ from ldm.inference.model import (
     OFFICIAL_CONFIG,
     OFFICIAL_WEIGHTS,
     SMALL_WEIGHTS,
+    default_context_alignment,
     default_ddim_steps,
     default_timestep_spacing,
     resolve_device,
@@ -58,8 +59,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def add_sampling_arguments(
     parser: argparse.ArgumentParser, steps: int | None = None, eta: float = 1.0
 ) -> None:
-    """--device, --dtype, --steps, --spacing, --eta, --seed; `steps` None: the model's default (see
-    `sampling_steps`)."""
+    """--device, --dtype, --steps, --spacing, --eta, --seed, --align-context; `steps` None: the
+    model's default (see `sampling_steps`)."""
     group = parser.add_argument_group("sampling")
     group.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
     group.add_argument(
@@ -79,6 +80,12 @@ def add_sampling_arguments(
     )
     group.add_argument("--eta", type=non_negative_float, default=eta, help=f"DDIM eta (default {eta})")
     group.add_argument("--seed", type=int, default=0, help="random seed; same seed, same result (default 0)")
+    group.add_argument(
+        "--align-context",
+        action=argparse.BooleanOptionalAction,
+        help="warp each context frame onto the target's view (affine fit) before sampling "
+        "(default: the model's, off for the released one)",
+    )
 
 
 def sampling_steps(args: argparse.Namespace, config: Path) -> int:
@@ -89,6 +96,11 @@ def sampling_steps(args: argparse.Namespace, config: Path) -> int:
 def sampling_spacing(args: argparse.Namespace, config: Path) -> str:
     """--spacing, or the model config's default DDIM timestep spacing."""
     return args.spacing or default_timestep_spacing(config)
+
+
+def context_alignment(args: argparse.Namespace, config: Path) -> bool:
+    """--align-context / --no-align-context, or the model config's default."""
+    return default_context_alignment(config) if args.align_context is None else args.align_context
 
 
 def device_and_dtype(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:

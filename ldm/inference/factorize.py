@@ -47,6 +47,7 @@ class FactorizeOptions:
     batch_size: int = 4
     steps: int = 200
     spacing: str = "leading"
+    align_context: bool = False
     eta: float = 1.0
     seed: int = 0
     dtype: torch.dtype = torch.float32
@@ -178,7 +179,9 @@ class Factorizer(pl.LightningModule):
     def __init__(self, model: nn.Module, options: FactorizeOptions):
         super().__init__()
         self.diffusion = model
-        self.inpainter = Inpainter(model, options.dtype, options.steps, options.eta, options.spacing)
+        self.inpainter = Inpainter(
+            model, options.dtype, options.steps, options.eta, options.spacing, options.align_context
+        )
         self.seed = options.seed
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> np.ndarray:

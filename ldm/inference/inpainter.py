@@ -18,6 +18,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from ldm.data.alignment import align_to_last
 from ldm.inference.model import precision
 from ldm.models.diffusion.ddim import SPACINGS, Generators, ddim_timesteps
 from ldm.util import InputError, to_uint8
@@ -57,6 +58,7 @@ class Inpainter:
         steps: int = 200,
         eta: float = 1.0,
         spacing: str = "leading",
+        align_context: bool = False,
     ):
         if spacing not in SPACINGS:
             raise InputError(f"--spacing {spacing}: use one of {', '.join(SPACINGS)}")
@@ -69,6 +71,7 @@ class Inpainter:
         self.steps = steps
         self.eta = eta
         self.spacing = spacing
+        self.align_context = align_context
 
     @property
     def device(self) -> torch.device:
@@ -85,8 +88,12 @@ class Inpainter:
         """Frames (B,T,R,R,3) uint8 and bool masks (B,T,R,R) → decoded targets (B,R,R,3) uint8.
 
         The result is the model's output everywhere; pasting the original back outside the mask is
-        the caller's job.
+        the caller's job. With `align_context` the context frames are first warped onto their
+        target's view (ldm.data.alignment).
         """
+        if self.align_context:
+            aligned = [align_to_last(f, m) for f, m in zip(frames, masks, strict=True)]
+            frames, masks = np.stack([f for f, _ in aligned]), np.stack([m for _, m in aligned])
         batch = model_batch(frames, masks, self.device)
         with precision(self.device, self.dtype):
             cond = self.model.get_learned_conditioning(batch)

@@ -136,6 +136,15 @@ def default_timestep_spacing(path: Path) -> str:
     return spacing
 
 
+def default_context_alignment(path: Path) -> bool:
+    """Whether context frames are warped onto the target's view when --align-context is not given:
+    the config's `inference.align_context`, else no (the published method feeds them as recorded)."""
+    value = inference_defaults(path).get("align_context", False)
+    if not isinstance(value, bool):
+        raise InputError(f"{path}: inference.align_context must be true or false, got {value!r}")
+    return value
+
+
 def model_resolution(model_config: DictConfig, source: Path | str = "config") -> int:
     """The pixel size the model works at: latent size x 2^(number of first-stage downsamplings)."""
     try:

@@ -1,0 +1,98 @@
+"""Context frames warped onto the target's view, so that what they reveal sits where the target hides it.
+
+A head-mounted camera moves between frames; a context pixel that shows the scene behind the
+target's hand is then somewhere else in the context frame. Each context frame is registered to the
+last (target) frame with an affine ECC fit (Evangelidis & Psarakis, PAMI 2008) over the pixels both
+frames show, and warped; pixels the warp brings in from outside the context frame count as hidden.
+A fit that matches the target worse than no warp at all is dropped.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+ECC_ITERATIONS = 50
+ECC_EPSILON = 1e-4
+ECC_GAUSS_SIZE = 3
+MIN_OVERLAP = 0.5
+"""A warp must keep this share of the target's visible pixels in view."""
+
+
+def _grey(frame: np.ndarray, hidden: np.ndarray) -> np.ndarray:
+    """A float32 grey image in [0,1] with the hidden pixels filled (Telea), so edges of holes do not pull the fit."""
+    if hidden.any():
+        frame = cv2.inpaint(np.ascontiguousarray(frame), hidden.astype(np.uint8), 3, cv2.INPAINT_TELEA)
+    return cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+
+
+def _warp(image: np.ndarray, warp: np.ndarray, border_value: int | None = None) -> np.ndarray:
+    """`image` seen from the target: pixel x of the result is image(warp · x)."""
+    height, width = image.shape[:2]
+    if border_value is None:
+        flags, border = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, cv2.BORDER_REPLICATE
+    else:
+        flags, border = cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, cv2.BORDER_CONSTANT
+    return cv2.warpAffine(
+        image, warp, (width, height), flags=flags, borderMode=border, borderValue=border_value or 0
+    )
+
+
+def _mismatch(
+    template: np.ndarray, target_hidden: np.ndarray, image: np.ndarray, hidden: np.ndarray, warp
+) -> float:
+    """Mean absolute grey difference over the pixels both frames show after the warp; inf when they
+    share less than MIN_OVERLAP of the target's visible pixels."""
+    both = ~target_hidden & (_warp(hidden.astype(np.uint8), warp, border_value=1) == 0)
+    if both.sum() < MIN_OVERLAP * (~target_hidden).sum():
+        return float("inf")
+    return float(np.abs(_warp(image, warp) - template)[both].mean())
+
+
+def _ecc(
+    template: np.ndarray, image: np.ndarray, visible: np.ndarray, start: np.ndarray
+) -> np.ndarray | None:
+    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, ECC_ITERATIONS, ECC_EPSILON)
+    try:
+        return cv2.findTransformECC(
+            template, image, start.copy(), cv2.MOTION_AFFINE, criteria, visible, ECC_GAUSS_SIZE
+        )[1]
+    except cv2.error:
+        return None
+
+
+def fit_affine(
+    target: np.ndarray, target_hidden: np.ndarray, frame: np.ndarray, hidden: np.ndarray
+) -> np.ndarray:
+    """The 2x3 float32 map from target pixels to `frame` pixels.
+
+    ECC is refined from no motion and from the translation phase correlation finds (it converges only
+    near the answer); the candidate whose warped frame matches the target best wins, no warp included.
+    """
+    template, image = _grey(target, target_hidden), _grey(frame, hidden)
+    identity = np.eye(2, 3, dtype=np.float32)
+    window = cv2.createHanningWindow(template.shape[::-1], cv2.CV_32F)
+    (dx, dy), _ = cv2.phaseCorrelate(template.copy(), image.copy(), window)  # it windows its inputs in place
+    shift = np.array([[1, 0, dx], [0, 1, dy]], np.float32)
+    visible = (~(hidden | target_hidden)).astype(np.uint8)  # OpenCV warps this mask with `frame`
+    candidates = [
+        identity,
+        shift,
+        _ecc(template, image, visible, identity),
+        _ecc(template, image, visible, shift),
+    ]
+    scores = [
+        _mismatch(template, target_hidden, image, hidden, w) if w is not None else float("inf")
+        for w in candidates
+    ]
+    return candidates[int(np.argmin(scores))]
+
+
+def align_to_last(frames: np.ndarray, hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Frames (T,H,W,3) uint8 and bool masks (T,H,W) → the same with frames 0..T-2 warped onto frame T-1."""
+    aligned, aligned_hidden = frames.copy(), hidden.copy()
+    for t in range(len(frames) - 1):
+        warp = fit_affine(frames[-1], hidden[-1], frames[t], hidden[t])
+        aligned[t] = _warp(frames[t], warp)
+        aligned_hidden[t] = _warp(hidden[t].astype(np.uint8), warp, border_value=1).astype(bool)
+    return aligned, aligned_hidden
