@@ -194,10 +194,12 @@ def load_model_weights(
     strict: bool = True,
     ignore_keys: Iterable[str] = (),
     unsafe: bool = False,
-) -> None:
-    """Load a checkpoint file into `model` (keys starting with an `ignore_keys` entry are dropped)."""
+) -> list[str]:
+    """Load a checkpoint file into `model` (keys starting with an `ignore_keys` entry are dropped);
+    returns the file's keys that were kept."""
     ignore = tuple(ignore_keys)
     state = {
         k: v for k, v in read_state_dict(path, unsafe=unsafe).items() if not (ignore and k.startswith(ignore))
     }
     load_state_into(model, state, path, strict=strict)
+    return list(state)

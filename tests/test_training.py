@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
+from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
 from ldm.checkpoint import CheckpointError, saved_global_step
@@ -199,6 +200,21 @@ def test_ema_updates_after_every_step():
     assert int(model.model_ema.num_updates) == 3 == model.global_step
     shadows = [*record.shadows, model.model_ema.diffusion_modelinput_blocks00weight]
     assert all(not torch.equal(a, b) for a, b in zip(shadows, shadows[1:], strict=False))
+
+
+def test_weights_without_ema_start_the_ema_too(tmp_path):
+    """Fine-tuning from an inference file (EMA weights under the denoiser's names, no `model_ema`):
+    the EMA starts from the loaded weights, not from the fresh initialisation."""
+    source = tiny_model(seed=1)
+    weights = {k: v for k, v in source.state_dict().items() if k.startswith("model.diffusion_model.")}
+    save_file(weights, tmp_path / "weights.safetensors")
+    config = OmegaConf.load(TINY_CONFIG).model
+    config.params.ckpt_path = str(tmp_path / "weights.safetensors")
+    torch.manual_seed(0)
+    model = instantiate_from_config(config)
+    ema = model.model_ema.as_parameters(model.model)
+    for name, value in model.model.named_parameters():
+        assert torch.equal(value, weights[f"model.{name}"]) and torch.equal(ema[name], value), name
 
 
 def test_validation_reports_ema_losses_with_ema_weights():
