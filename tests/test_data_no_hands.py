@@ -197,6 +197,15 @@ def test_dataloader_workers_draw_different_masks(data_env):
     assert not torch.equal(first, second)
 
 
+def test_workers_start_after_opencv_ran_threads_in_this_process(data_env):
+    """A large warp starts OpenCV's thread pool here; a forked worker that then changed OpenCV's thread
+    count would deadlock (the timeout turns a hang into a failure)."""
+    cv2.warpAffine(np.zeros((2048, 2048, 3), np.uint8), np.eye(2, 3), (2048, 2048))
+    dataset = single_window(data_env, seed=None, random_mask_rate=1.0)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=2, sampler=[0, 0], timeout=60)
+    assert len(list(loader)) == 2
+
+
 def test_fixed_seed_items_are_the_same_after_fork_and_pickle(data_env):
     dataset = single_window(data_env, with_hand_bg=True, no_hand_mult=8, random_mask_rate=1.0, seed=5)
     expected = [dataset[i]["mask"] for i in range(len(dataset))]  # opens HDF5 files in this process

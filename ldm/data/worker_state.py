@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import cv2
 import h5py
 import numpy as np
 import torch
@@ -52,8 +51,6 @@ class WorkerState:
         self._pid = os.getpid()
         self._files = {}
         self._rng = np.random.default_rng([torch.initial_seed(), _distributed_rank()])
-        if torch.utils.data.get_worker_info() is not None:
-            cv2.setNumThreads(1)
 
 
 def _distributed_rank() -> int:

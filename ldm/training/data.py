@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from functools import partial
 
+import cv2
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.utilities.seed import pl_worker_init_function
@@ -76,6 +77,11 @@ class DataModuleFromConfig(pl.LightningDataModule):
         sampler = None
         if shuffle and world_size > 1:  # Lightning's would shuffle with each process's own seed
             sampler = DistributedSampler(dataset, world_size, rank, shuffle=True, seed=self.shuffle_seed)
+        if self.num_workers > 0:
+            # Workers share the cores, so OpenCV runs single-threaded in them. They inherit the
+            # setting; changing it inside a forked worker deadlocks once this process has started
+            # OpenCV's thread pool.
+            cv2.setNumThreads(1)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
