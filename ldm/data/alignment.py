@@ -3,8 +3,9 @@
 A head-mounted camera moves between frames; a context pixel that shows the scene behind the
 target's hand is then somewhere else in the context frame. Each context frame is registered to the
 last (target) frame with an affine ECC fit (Evangelidis & Psarakis, PAMI 2008) over the pixels both
-frames show, and warped; pixels the warp brings in from outside the context frame count as hidden.
-A fit that matches the target worse than no warp at all is dropped.
+frames show, started from no motion and from the shift phase correlation finds, and warped; pixels
+the warp brings in from outside the context frame count as hidden. A fit that matches the target
+worse than no warp at all is dropped.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def _warp(image: np.ndarray, warp: np.ndarray, border_value: int | None = None) 
 
 
 def _mismatch(
-    template: np.ndarray, target_hidden: np.ndarray, image: np.ndarray, hidden: np.ndarray, warp
+    template: np.ndarray, target_hidden: np.ndarray, image: np.ndarray, hidden: np.ndarray, warp: np.ndarray
 ) -> float:
     """Mean absolute grey difference over the pixels both frames show after the warp; inf when they
     share less than MIN_OVERLAP of the target's visible pixels."""
@@ -52,6 +53,7 @@ def _mismatch(
 def _ecc(
     template: np.ndarray, image: np.ndarray, visible: np.ndarray, start: np.ndarray
 ) -> np.ndarray | None:
+    """ECC's affine warp refined from `start`, or None where it does not converge."""
     criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, ECC_ITERATIONS, ECC_EPSILON)
     try:
         return cv2.findTransformECC(
