@@ -27,16 +27,26 @@ def _grey(frame: np.ndarray, hidden: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
 
 
-def _warp(image: np.ndarray, warp: np.ndarray, border_value: int | None = None) -> np.ndarray:
-    """`image` seen from the target: pixel x of the result is image(warp · x)."""
+def _warp_image(image: np.ndarray, warp: np.ndarray) -> np.ndarray:
+    """`image` seen from the target: pixel x of the result is image(warp · x), edges replicated."""
     height, width = image.shape[:2]
-    if border_value is None:
-        flags, border = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, cv2.BORDER_REPLICATE
-    else:
-        flags, border = cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, cv2.BORDER_CONSTANT
-    return cv2.warpAffine(
-        image, warp, (width, height), flags=flags, borderMode=border, borderValue=border_value or 0
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    return cv2.warpAffine(image, warp, (width, height), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+
+
+def _warp_hidden(hidden: np.ndarray, warp: np.ndarray) -> np.ndarray:
+    """A bool mask seen from the target; pixels from outside the frame are hidden."""
+    height, width = hidden.shape
+    flags = cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP
+    warped = cv2.warpAffine(
+        hidden.astype(np.uint8),
+        warp,
+        (width, height),
+        flags=flags,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=1,
     )
+    return warped.astype(bool)
 
 
 def _mismatch(
@@ -44,10 +54,10 @@ def _mismatch(
 ) -> float:
     """Mean absolute grey difference over the pixels both frames show after the warp; inf when they
     share less than MIN_OVERLAP of the target's visible pixels."""
-    both = ~target_hidden & (_warp(hidden.astype(np.uint8), warp, border_value=1) == 0)
+    both = ~target_hidden & ~_warp_hidden(hidden, warp)
     if both.sum() < MIN_OVERLAP * (~target_hidden).sum():
         return float("inf")
-    return float(np.abs(_warp(image, warp) - template)[both].mean())
+    return float(np.abs(_warp_image(image, warp) - template)[both].mean())
 
 
 def _ecc(
@@ -63,28 +73,22 @@ def _ecc(
         return None
 
 
-def fit_affine(
-    target: np.ndarray, target_hidden: np.ndarray, frame: np.ndarray, hidden: np.ndarray
+def _fit_affine(
+    template: np.ndarray, target_hidden: np.ndarray, image: np.ndarray, hidden: np.ndarray
 ) -> np.ndarray:
-    """The 2x3 float32 map from target pixels to `frame` pixels.
+    """The 2x3 float32 map from target pixels to context pixels, from their grey images (`_grey`).
 
     ECC is refined from no motion and from the translation phase correlation finds (it converges only
     near the answer); the candidate whose warped frame matches the target best wins, no warp included.
     """
-    template, image = _grey(target, target_hidden), _grey(frame, hidden)
     identity = np.eye(2, 3, dtype=np.float32)
     window = cv2.createHanningWindow(template.shape[::-1], cv2.CV_32F)
     (dx, dy), _ = cv2.phaseCorrelate(template.copy(), image.copy(), window)  # it windows its inputs in place
     shift = np.array([[1, 0, dx], [0, 1, dy]], np.float32)
-    visible = (~(hidden | target_hidden)).astype(np.uint8)  # OpenCV warps this mask with `frame`
-    candidates = [
-        identity,
-        shift,
-        _ecc(template, image, visible, identity),
-        _ecc(template, image, visible, shift),
-    ]
+    visible = (~(hidden | target_hidden)).astype(np.uint8)  # OpenCV warps this mask with `image`
+    candidates = [identity, shift] + [_ecc(template, image, visible, start) for start in (identity, shift)]
     scores = [
-        _mismatch(template, target_hidden, image, hidden, w) if w is not None else float("inf")
+        float("inf") if w is None else _mismatch(template, target_hidden, image, hidden, w)
         for w in candidates
     ]
     return candidates[int(np.argmin(scores))]
@@ -92,9 +96,10 @@ def fit_affine(
 
 def align_to_last(frames: np.ndarray, hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Frames (T,H,W,3) uint8 and bool masks (T,H,W) → the same with frames 0..T-2 warped onto frame T-1."""
+    template = _grey(frames[-1], hidden[-1])
     aligned, aligned_hidden = frames.copy(), hidden.copy()
     for t in range(len(frames) - 1):
-        warp = fit_affine(frames[-1], hidden[-1], frames[t], hidden[t])
-        aligned[t] = _warp(frames[t], warp)
-        aligned_hidden[t] = _warp(hidden[t].astype(np.uint8), warp, border_value=1).astype(bool)
+        warp = _fit_affine(template, hidden[-1], _grey(frames[t], hidden[t]), hidden[t])
+        aligned[t] = _warp_image(frames[t], warp)
+        aligned_hidden[t] = _warp_hidden(hidden[t], warp)
     return aligned, aligned_hidden

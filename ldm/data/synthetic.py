@@ -27,6 +27,7 @@ from ldm.data.synthetic_scenes import (
     pick_training_scene,
     recoloured,
     tinted,
+    to_uint8_canvas,
 )
 
 SPLITS = ("train", "heldout")
@@ -146,7 +147,7 @@ def inpainting_sample(
     to_pm1 = seq.clean * 2 - 1
     target = to_pm1[-1].astype(np.float32)
     if align_context:
-        frames, masks = align_to_last((np.clip(seq.clean, 0, 1) * 255).round().astype(np.uint8), masks)
+        frames, masks = align_to_last(to_uint8_canvas(seq.clean), masks)
         to_pm1 = frames / 127.5 - 1
     hand_images = np.where(masks[..., None], -1.0, to_pm1).astype(np.float32)
     return {

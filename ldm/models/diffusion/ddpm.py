@@ -62,7 +62,14 @@ class DDPM(DiffusionModel, pl.LightningModule):
             self.model_ema = LitEma(self.model, decay=ema_decay)
         self._ema_weights: dict[str, torch.Tensor] | None = None
         if ckpt_path is not None:
-            load_model_weights(self, ckpt_path, strict=False, ignore_keys=ignore_keys)
+            self.init_from_checkpoint(ckpt_path, ignore_keys)
+
+    def init_from_checkpoint(self, path: str, ignore_keys: Sequence[str] = ()) -> None:
+        """Load weights (non-strict); a file without EMA weights (e.g. an inference .safetensors)
+        starts the EMA from the weights it loaded."""
+        loaded = load_model_weights(self, path, strict=False, ignore_keys=ignore_keys)
+        if self.use_ema and not any(key.startswith("model_ema.") for key in loaded):
+            self.model_ema = LitEma(self.model, decay=float(self.model_ema.decay))
 
     @contextlib.contextmanager
     def ema_scope(self, context: str | None = None) -> Iterator[None]:

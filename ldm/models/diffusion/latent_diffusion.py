@@ -7,10 +7,8 @@ from typing import Any
 
 import torch
 
-from ldm.checkpoint import load_model_weights
 from ldm.models.diffusion.core import LatentDiffusionModel
 from ldm.models.diffusion.ddpm import DDPM
-from ldm.modules.ema import LitEma
 from ldm.util import instantiate_from_config
 
 
@@ -43,11 +41,8 @@ class LatentDiffusion(LatentDiffusionModel, DDPM):
         self.cond_stage_key = cond_stage_key
         self.hole_loss_weight = hole_loss_weight
         self.image_logger = instantiate_from_config(log_config) if log_config is not None else None
-        if ckpt_path is not None:
-            loaded = load_model_weights(self, ckpt_path, strict=False, ignore_keys=ignore_keys)
-            if self.use_ema and not any(key.startswith("model_ema.") for key in loaded):
-                # Weights without EMA (e.g. an inference .safetensors): the EMA starts from them.
-                self.model_ema = LitEma(self.model, decay=float(self.model_ema.decay))
+        if ckpt_path is not None:  # after the first stage and conditioner exist, unlike DDPM's
+            self.init_from_checkpoint(ckpt_path, ignore_keys)
 
     def get_input(
         self,
