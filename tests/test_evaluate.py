@@ -15,8 +15,9 @@ from omegaconf import OmegaConf
 
 from ldm.data import fixture_data
 from ldm.evaluation.baselines import telea, temporal_copy
-from ldm.evaluation.benchmark import EvalSample, synthetic_samples
+from ldm.evaluation.benchmark import EvalSample, demo_folder_samples, synthetic_samples
 from ldm.evaluation.metrics import PerceptualMetrics, psnr, ssim
+from ldm.inference.demo import read_demo_folder
 from tests.conftest import ROOT
 from tests.data_fixture import shared_fixture_data
 
@@ -170,3 +171,36 @@ def test_score_counts_only_pixels_whose_truth_is_known():
     assert scored["ssim_mask"] == pytest.approx(1.0) and scored["ssim"] == pytest.approx(1.0)
     everywhere = score([EvalSample(sample.frames, masks, target)], prediction[None])
     assert everywhere["psnr_mask"] < 20
+
+
+def test_demo_folder_samples_hide_another_frames_hand_where_the_truth_is_known():
+    frames, masks = read_demo_folder(ROOT / "demo_data")
+    samples = list(demo_folder_samples(ROOT / "demo_data", dilation=7))
+    assert 6 <= len(samples) <= 12
+    holes_seen = set()
+    for sample in samples:
+        target = next(i for i in range(4) if np.array_equal(frames[i], sample.target))
+        context = [i for i in range(4) if i != target]
+        assert all(np.array_equal(f, frames[i]) for f, i in zip(sample.frames[:-1], context, strict=True))
+        assert np.array_equal(sample.frames[-1], sample.target)  # truth in the hole: only the mask hides it
+        assert np.array_equal(sample.known, ~masks[target])
+        assert (sample.masks[-1] & masks[target]).sum() == masks[target].sum()
+        scored = sample.masks[-1] & sample.known
+        other = next(j for j in range(4) if j != target and np.array_equal(scored, masks[j] & ~masks[target]))
+        holes_seen.add((target, other))
+        assert scored.sum() > 0
+    assert len(holes_seen) == len(samples)
+
+
+def test_evaluate_scores_a_folder_of_real_frames(tmp_path, capsys):
+    out = tmp_path / "eval"
+    argv = ["--out", str(out), "--data", "folder", "--folder", str(ROOT / "demo_data")]
+    assert evaluate([*argv, "--steps", "1", "--methods", "vidm", "telea"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["data"] == "folder" and results["settings"]["size"] == 256
+    assert results["n"] == len(list(demo_folder_samples(ROOT / "demo_data", dilation=7)))
+    assert {"vidm", "telea"} == set(results["methods"])
+    assert all(math.isfinite(m["psnr_mask"]) for m in results["methods"].values())
+    assert cv2.imread(str(out / "grid.png")).shape[1] == 256 * (4 + 1 + 2 + 1)
+    assert evaluate(["--out", str(tmp_path / "bad"), "--data", "folder"]) != 0
+    assert "--data folder needs --folder" in capsys.readouterr().err
