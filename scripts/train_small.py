@@ -3,7 +3,9 @@
 
 main.py runs on synthetic sequences (ldm.data.synthetic), then a conversion:
   1. the VQ f4 first stage on whole frames (configs/vq_f4_small.yaml),
-  2. the 4-frame VIDM on top of it (configs/vidm_small.yaml), in phases of one run: first with a
+  2. the 4-frame VIDM on top of it (configs/vidm_small.yaml), its latents scaled to unit variance
+     (LDM's scale_by_std: one over the std of the new first stage's latents on training frames),
+     in phases of one run: first with a
      still camera (a hidden pixel is copied from the same place in a context frame), optionally with
      the camera motion ramped up in steps (--motion-ramp-fraction), then with the full head-mounted
      motion,
@@ -22,10 +24,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from omegaconf import OmegaConf
 
+from ldm.data.synthetic import SyntheticFrames
 from ldm.data.synthetic_scenes import find_wallpapers, wallpaper_roots
 from ldm.inference.model import native_bf16
+from ldm.util import instantiate_from_config
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -33,6 +39,7 @@ sys.path.insert(0, str(REPO))
 from scripts.convert_checkpoint import main as convert  # noqa: E402
 
 log = logging.getLogger("train_small")
+VIDM_CONFIG = "configs/vidm_small.yaml"
 
 
 @dataclass(frozen=True)
@@ -54,15 +61,25 @@ def phases(args: argparse.Namespace) -> list[Phase]:
     motion_ends = [(still, 0.0)]
     motion_ends += [(still + ramp * i // parts, i / (parts + 1)) for i in range(1, parts + 1)]
     motion_ends += [(args.vidm_steps, 1.0)]
-    vidm = [
-        Phase("vidm", "configs/vidm_small.yaml", end, (*decay, f"{motion}={scale}"))
-        for end, scale in motion_ends
-    ]
+    vidm = [Phase("vidm", VIDM_CONFIG, end, (*decay, f"{motion}={scale}")) for end, scale in motion_ends]
     vq = [
         Phase("vq", "configs/vq_f4_small.yaml", args.vq_steps - args.vq_whole_frame_steps),
         Phase("vq", "configs/vq_f4_small.yaml", args.vq_steps, ("data.params.train.params.crop=null",)),
     ]
     return [p for p in (*vq, *vidm) if p.max_steps > 0]
+
+
+def latent_scale_factor(vq_checkpoint: Path, frames: int = 256) -> float:
+    """One over the std of the first stage's latents on training frames (LDM's scale_by_std), so that
+    the VIDM stage sees unit-variance latents whatever first stage this run trained."""
+    config = OmegaConf.load(REPO / VIDM_CONFIG).model.params.first_stage_config
+    config.params.ckpt_path = str(vq_checkpoint)
+    first_stage = instantiate_from_config(config).eval()
+    data = SyntheticFrames(size=config.params.ddconfig.resolution, length=frames, split="train", seed=0)
+    images = torch.from_numpy(np.stack([data[i]["image"] for i in range(frames)])).permute(0, 3, 1, 2)
+    with torch.inference_mode():
+        latents = torch.cat([first_stage.encode(batch) for batch in images.split(64)])
+    return round(1.0 / latents.std().item(), 3)
 
 
 def run_dir(logdir: Path, stage: str) -> Path | None:
@@ -146,13 +163,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.gpus:
         extra = ["--gpus", args.gpus, *extra]
     last: dict[str, Path] = {}
+    first_stage: list[str] = []
     for phase in phases(args):
-        first_stage = (
-            [f"model.params.first_stage_config.params.ckpt_path={last['vq']}"]
-            if phase.stage == "vidm"
-            else []
+        if phase.stage == "vidm" and not first_stage:
+            scale = latent_scale_factor(last["vq"])
+            log.info("first stage %s: latent scale factor %.3f", last["vq"], scale)
+            first_stage = [
+                f"model.params.first_stage_config.params.ckpt_path={last['vq']}",
+                f"model.params.scale_factor={scale}",
+            ]
+        last[phase.stage] = train_phase(
+            phase, args.logdir, [*extra, *(first_stage if phase.stage == "vidm" else [])]
         )
-        last[phase.stage] = train_phase(phase, args.logdir, [*extra, *first_stage])
     return convert([str(last["vidm"]), str(args.out), *([] if args.fp32 else ["--fp16"])])
 
 

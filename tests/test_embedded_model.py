@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import sys
 import cv2
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 import demo_script
 from ldm.evaluation.metrics import psnr
@@ -115,4 +117,8 @@ def test_train_small_runs_resumes_and_installs(tmp_path):
     assert len(list((tmp_path / "logs").glob("*/*/checkpoints/last.ckpt"))) == 2
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert again.returncode == 0 and again.stderr.count("finished") == 4, again.stderr[-2000:]
+    scale = re.search(r"latent scale factor ([0-9.]+)", first.stderr).group(1)
+    assert f"latent scale factor {scale}" in again.stderr, "a resumed run scales its latents the same way"
+    for project in (tmp_path / "logs" / "vidm").glob("*/configs/*-project.yaml"):
+        assert OmegaConf.load(project).model.params.scale_factor == pytest.approx(float(scale))
     shutil.rmtree(tmp_path / "logs")
