@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from ldm.data.synthetic import make_sequence
-from ldm.evaluation.benchmark import to_uint8
+from ldm.data.synthetic_scenes import to_uint8_canvas
 
 DEMO_SEED = 3
 SIZE = 256
@@ -33,7 +33,7 @@ def write_demo(out: Path, seed: int = DEMO_SEED, size: int = SIZE) -> None:
     (staging / "raw").mkdir()
     (staging / "masks").mkdir()
     for t, (frame, mask) in enumerate(zip(seq.with_hands, seq.masks, strict=True)):
-        bgr = cv2.cvtColor(to_uint8(frame), cv2.COLOR_RGB2BGR)
+        bgr = cv2.cvtColor(to_uint8_canvas(frame), cv2.COLOR_RGB2BGR)
         cv2.imwrite(
             str(staging / "raw" / f"synthetic_{seed:03d}_{t}.jpg"), bgr, [cv2.IMWRITE_JPEG_QUALITY, 95]
         )

@@ -79,6 +79,7 @@ def recoloured(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def to_uint8_canvas(image: np.ndarray) -> np.ndarray:
+    """Float images in [0,1] → uint8."""
     return (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
 
 

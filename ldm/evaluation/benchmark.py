@@ -19,6 +19,7 @@ import numpy as np
 
 from ldm.data.no_hands import NoHands
 from ldm.data.synthetic import dilate, make_sequence
+from ldm.data.synthetic_scenes import to_uint8_canvas
 from ldm.inference.demo import ORDERS, read_demo_folder
 
 SYNTHETIC_SEED_OFFSET = 10_000_000
@@ -40,18 +41,15 @@ class EvalSample:
     known: np.ndarray | None = None
 
 
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    """Float images in [0,1] → uint8."""
-    return (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
-
-
 def synthetic_samples(
     n: int, size: int, dilation: int, num_frames: int = 4, seed: int = 0
 ) -> Iterator[EvalSample]:
     """The held-out synthetic benchmark: n sequences at `size` pixels."""
     for i in range(n):
         seq = make_sequence(SYNTHETIC_SEED_OFFSET + seed * 100_003 + i, size, num_frames, split="heldout")
-        yield EvalSample(to_uint8(seq.with_hands), dilate(seq.masks, dilation), to_uint8(seq.clean[-1]))
+        yield EvalSample(
+            to_uint8_canvas(seq.with_hands), dilate(seq.masks, dilation), to_uint8_canvas(seq.clean[-1])
+        )
 
 
 def demo_folder_samples(folder: Path, dilation: int) -> Iterator[EvalSample]:
