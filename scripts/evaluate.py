@@ -194,10 +194,6 @@ def build_methods(
 
 def load_samples(args: argparse.Namespace, size: int) -> list[EvalSample]:
     if args.data == "folder":
-        if args.folder is None:
-            raise InputError("--data folder needs --folder (a folder with raw/ and masks/)")
-        if args.size:
-            raise InputError("--size: --data folder evaluates at the frames' 256 px")
         return list(demo_folder_samples(args.folder, args.dilation))
     dilation = scaled_dilation(args.dilation, size)
     if args.data == "synthetic":
@@ -261,7 +257,16 @@ def grid(samples: list[EvalSample], predictions: dict[str, np.ndarray], rows: in
     return np.vstack([header, *body])
 
 
+def check_data_arguments(args: argparse.Namespace) -> None:
+    """Refuse --data folder's bad combinations before any model loads."""
+    if args.data == "folder" and args.folder is None:
+        raise InputError("--data folder needs --folder (a folder with raw/ and masks/)")
+    if args.data == "folder" and args.size:
+        raise InputError("--size: --data folder evaluates at the frames' 256 px")
+
+
 def evaluate(args: argparse.Namespace) -> None:
+    check_data_arguments(args)
     choice = choose_model(args.checkpoint, args.config)
     spacing = sampling_spacing(args, choice.config)
     align_context = context_alignment(args, choice.config)

@@ -60,13 +60,14 @@ def demo_folder_samples(folder: Path, dilation: int) -> Iterator[EvalSample]:
     """
     frames, masks = read_demo_folder(folder, dilation)
     for target, order in enumerate(ORDERS):
+        sequence_frames = frames[list(order)]
         for other in range(len(frames)):
             hole = masks[other] & ~masks[target]
             if other == target or hole.sum() < MIN_HOLE_PIXELS:
                 continue
             sequence_masks = masks[list(order)]
             sequence_masks[-1] = hole | masks[target]
-            yield EvalSample(frames[list(order)], sequence_masks, frames[target], known=~masks[target])
+            yield EvalSample(sequence_frames, sequence_masks, frames[target], known=~masks[target])
 
 
 def visor_samples(n: int, dataset_params: dict, seed: int = 0) -> Iterator[EvalSample]:
