@@ -10,7 +10,8 @@ from skimage import data as skimage_data
 
 import ldm.inference.inpainter as inpainter_module
 from ldm.data.alignment import align_to_last
-from ldm.data.synthetic import SyntheticHands
+from ldm.data.synthetic import SyntheticHands, dilate
+from ldm.data.synthetic_scenes import to_uint8_canvas
 from ldm.inference.inpainter import Inpainter, seeded_generator
 from ldm.inference.model import OFFICIAL_CONFIG, SMALL_CONFIG, default_context_alignment
 from ldm.util import InputError
@@ -100,3 +101,19 @@ def test_alignment_default_comes_from_the_model_config(tmp_path):
     config.write_text("model: {target: x}\ninference: {align_context: maybe}\n")
     with pytest.raises(InputError, match=r"small.yaml: inference.align_context must be true or false"):
         default_context_alignment(config)
+
+
+def test_training_clips_register_where_the_hand_hides_the_scene():
+    """Synthetic clips carry the scene behind the hands: warped context frames must show it in the target's hole."""
+    dataset = SyntheticHands(size=SIZE, length=16, seed=11)
+    errors = {"as recorded": [], "aligned": []}
+    for index in range(len(dataset)):
+        sequence = dataset.sequence(index)
+        clean, hidden = to_uint8_canvas(sequence.clean), dilate(sequence.masks, 3)
+        aligned, _ = align_to_last(clean, hidden)
+        hole = hidden[-1]
+        for name, frames in (("as recorded", clean), ("aligned", aligned)):
+            errors[name].append(np.abs(frames[:-1].astype(float) - clean[-1])[:, hole].mean())
+    # 0.36 of the error as recorded; the affine ECC fits alone (without the rigid and rotation-and-zoom
+    # candidates) left 0.40.
+    assert np.mean(errors["aligned"]) < 0.38 * np.mean(errors["as recorded"]), errors
