@@ -68,11 +68,12 @@ def _ecc(
     """ECC's warp of kind `motion` (cv2.MOTION_*) refined from `start`, or None where it does not converge."""
     criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, ECC_ITERATIONS, ECC_EPSILON)
     try:
-        return cv2.findTransformECC(template, image, start.copy(), motion, criteria, visible, ECC_GAUSS_SIZE)[
-            1
-        ]
+        _, warp = cv2.findTransformECC(
+            template, image, start.copy(), motion, criteria, visible, ECC_GAUSS_SIZE
+        )
     except cv2.error:
         return None
+    return warp
 
 
 def _rotation_and_zoom(warp: np.ndarray | None) -> np.ndarray | None:
