@@ -109,7 +109,7 @@ def test_training_clips_register_where_the_hand_hides_the_scene():
     errors = {"as recorded": [], "aligned": []}
     for index in range(len(dataset)):
         sequence = dataset.sequence(index)
-        clean, hidden = to_uint8_canvas(sequence.clean), dilate(sequence.masks, 3)
+        clean, hidden = to_uint8_canvas(sequence.clean), dilate(sequence.masks, dataset.mask_dilation)
         aligned, _ = align_to_last(clean, hidden)
         hole = hidden[-1]
         for name, frames in (("as recorded", clean), ("aligned", aligned)):
