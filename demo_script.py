@@ -15,6 +15,7 @@ from pathlib import Path
 from ldm.inference.cli import (
     add_model_arguments,
     add_sampling_arguments,
+    blending,
     context_alignment,
     device_and_dtype,
     run_command,
@@ -62,9 +63,10 @@ def demo(args: argparse.Namespace) -> None:
     steps = sampling_steps(args, choice.config)
     spacing = sampling_spacing(args, choice.config)
     align = context_alignment(args, choice.config)
+    blend = blending(args, choice.config)
     inpainter = Inpainter(model, dtype, steps, args.eta, spacing, align)
     log.info(
-        "sampling 4 frames at %dx%d on %s (%s), %d DDIM steps (%s)%s",
+        "sampling 4 frames at %dx%d on %s (%s), %d DDIM steps (%s)%s, %s into the masks",
         resolution,
         resolution,
         device,
@@ -72,8 +74,9 @@ def demo(args: argparse.Namespace) -> None:
         steps,
         spacing,
         ", context frames aligned to each target" if align else "",
+        "Poisson-blended" if blend == "poisson" else "pasted",
     )
-    results = inpaint_demo(frames, masks, inpainter, resolution, seeded_generator(device, args.seed))
+    results = inpaint_demo(frames, masks, inpainter, resolution, seeded_generator(device, args.seed), blend)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_image_atomic(args.out, demo_grid(frames, masks, results))
     log.info("wrote %s", args.out)

@@ -12,7 +12,8 @@ Methods, in one run, on the same samples:
                      would score, about the best a latent-diffusion model can do at this size
 
 Metrics: PSNR and SSIM over the masked region and the whole frame; LPIPS and FID when their networks
-are available locally. Only target pixels whose truth is known count: --data visor draws hand-free
+are available locally. The model methods put their output into the mask as --blend says (the
+model's default). Only target pixels whose truth is known count: --data visor draws hand-free
 backgrounds only, and leaves out any own hands the annotations still give a target. Writes
 OUT/results.json, OUT/results.md and OUT/grid.png.
 
@@ -42,9 +43,11 @@ from ldm.data.alignment import align_to_last
 from ldm.evaluation.baselines import telea, temporal_copy
 from ldm.evaluation.benchmark import EvalSample, demo_folder_samples, synthetic_samples, visor_samples
 from ldm.evaluation.metrics import PerceptualMetrics, frame_metrics
+from ldm.inference.blending import paste_back
 from ldm.inference.cli import (
     add_model_arguments,
     add_sampling_arguments,
+    blending,
     context_alignment,
     device_and_dtype,
     positive_int,
@@ -54,7 +57,6 @@ from ldm.inference.cli import (
 )
 from ldm.inference.images import (
     composite,
-    from_model_scale,
     scaled_dilation,
     to_model_scale,
     write_image_atomic,
@@ -103,25 +105,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def chunked_method(
-    batch_size: int, desc: str, predict: Callable[[list[EvalSample], int], np.ndarray]
+    batch_size: int, desc: str, predict: Callable[[list[EvalSample], int], np.ndarray], blend: str
 ) -> Method:
     """A method that fills `batch_size` samples at a time: `predict(chunk, start)` gives images at
-    the model's scale, which are resized back and pasted into each target's mask."""
+    the model's scale, which are resized back and put into each target's mask (`blend`)."""
 
     def run(samples: list[EvalSample]) -> np.ndarray:
         results = []
         for start in tqdm(range(0, len(samples), batch_size), desc=desc, leave=False):
             chunk = samples[start : start + batch_size]
-            height, width = chunk[0].target.shape[:2]
-            predicted = np.stack([from_model_scale(p, height, width) for p in predict(chunk, start)])
             frames, masks = np.stack([s.frames[-1] for s in chunk]), np.stack([s.masks[-1] for s in chunk])
-            results.append(composite(frames, predicted, masks))
+            results.append(paste_back(frames, predict(chunk, start), masks, blend))
         return np.concatenate(results)
 
     return run
 
 
-def model_method(inpainter: Inpainter, resolution: int, batch_size: int, seed: int, mode: str) -> Method:
+def model_method(
+    inpainter: Inpainter, resolution: int, batch_size: int, seed: int, mode: str, blend: str
+) -> Method:
     """A model as a method: `multi` (target + context), `single` (context = masked target) or `image` (2D model)."""
 
     def predict(chunk: list[EvalSample], start: int) -> np.ndarray:
@@ -139,18 +141,18 @@ def model_method(inpainter: Inpainter, resolution: int, batch_size: int, seed: i
             model_frames, model_masks = model_frames[:, -1], model_masks[:, -1]
         return inpainter(model_frames, model_masks, seeded_generator(inpainter.device, seed, start))
 
-    return chunked_method(batch_size, mode, predict)
+    return chunked_method(batch_size, mode, predict, blend)
 
 
-def autoencoder_method(inpainter: Inpainter, resolution: int, batch_size: int) -> Method:
-    """The ground truth through the first stage, resized back and pasted like the model's output."""
+def autoencoder_method(inpainter: Inpainter, resolution: int, batch_size: int, blend: str) -> Method:
+    """The ground truth through the first stage, resized back and put in like the model's output."""
 
     def predict(chunk: list[EvalSample], start: int) -> np.ndarray:
         return inpainter.autoencode(
             np.stack([to_model_scale(s.target, s.masks[-1], resolution)[0] for s in chunk])
         )
 
-    return chunked_method(batch_size, "autoencoder", predict)
+    return chunked_method(batch_size, "autoencoder", predict, blend)
 
 
 def per_sample_method(fill: Callable[[EvalSample], np.ndarray]) -> Method:
@@ -158,19 +160,19 @@ def per_sample_method(fill: Callable[[EvalSample], np.ndarray]) -> Method:
 
 
 def build_methods(
-    args: argparse.Namespace, choice: ModelChoice, spacing: str, align_context: bool
+    args: argparse.Namespace, choice: ModelChoice, spacing: str, align_context: bool, blend: str
 ) -> tuple[dict[str, Method], int, str]:
     """The methods to run, the evaluation size and a description of the model."""
     device, dtype = device_and_dtype(args)
     model, resolution = load_model(choice, device, dtype, args.unsafe_load)
     inpainter = Inpainter(model, dtype, args.steps, args.eta, spacing, align_context)
     methods: dict[str, Method] = {
-        "vidm": model_method(inpainter, resolution, args.batch_size, args.seed, "multi"),
-        "vidm_single_frame": model_method(inpainter, resolution, args.batch_size, args.seed, "single"),
+        "vidm": model_method(inpainter, resolution, args.batch_size, args.seed, "multi", blend),
+        "vidm_single_frame": model_method(inpainter, resolution, args.batch_size, args.seed, "single", blend),
         "telea": per_sample_method(lambda s: telea(s.frames[-1], s.masks[-1])),
         "temporal_copy": per_sample_method(lambda s: temporal_copy(s.frames, s.masks)),
         "aligned_copy": per_sample_method(lambda s: temporal_copy(*align_to_last(s.frames, s.masks))),
-        "autoencoder_bound": autoencoder_method(inpainter, resolution, args.batch_size),
+        "autoencoder_bound": autoencoder_method(inpainter, resolution, args.batch_size, blend),
     }
     if INPAINTING_BIG.checkpoint.is_file():
         big, big_resolution = load_model(INPAINTING_BIG, device, dtype, args.unsafe_load)
@@ -178,7 +180,12 @@ def build_methods(
             big, dtype, args.steps, args.eta, sampling_spacing(args, INPAINTING_BIG.config)
         )
         methods["ldm_inpainting_big"] = model_method(
-            big_inpainter, big_resolution, args.batch_size, args.seed, "image"
+            big_inpainter,
+            big_resolution,
+            args.batch_size,
+            args.seed,
+            "image",
+            blending(args, INPAINTING_BIG.config),
         )
     else:
         log.info("ldm_inpainting_big skipped: %s not found", INPAINTING_BIG.checkpoint)
@@ -270,7 +277,8 @@ def evaluate(args: argparse.Namespace) -> None:
     choice = choose_model(args.checkpoint, args.config)
     spacing = sampling_spacing(args, choice.config)
     align_context = context_alignment(args, choice.config)
-    methods, size, model = build_methods(args, choice, spacing, align_context)
+    blend = blending(args, choice.config)
+    methods, size, model = build_methods(args, choice, spacing, align_context, blend)
     samples = load_samples(args, size)
     if not samples:
         raise InputError("no evaluation samples")
@@ -300,6 +308,7 @@ def evaluate(args: argparse.Namespace) -> None:
             "eta": args.eta,
             "seed": args.seed,
             "align_context": align_context,
+            "blend": blend,
         },
     }
     tmp = args.out / "results.json.partial"
@@ -307,7 +316,7 @@ def evaluate(args: argparse.Namespace) -> None:
     tmp.replace(args.out / "results.json")
     table = results_table(results)
     (args.out / "results.md.partial").write_text(
-        f"{len(samples)} {args.data} samples at {size} px; {model}; DDIM {args.steps} steps ({spacing}), eta {args.eta}{' (context aligned)' if align_context else ''}\n\n{table}"
+        f"{len(samples)} {args.data} samples at {size} px; {model}; DDIM {args.steps} steps ({spacing}), eta {args.eta}{' (context aligned)' if align_context else ''}, {blend}\n\n{table}"
     )
     (args.out / "results.md.partial").replace(args.out / "results.md")
     write_image_atomic(args.out / "grid.png", grid(samples, predictions))

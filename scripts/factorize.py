@@ -21,6 +21,7 @@ from pathlib import Path
 from ldm.inference.cli import (
     add_model_arguments,
     add_sampling_arguments,
+    blending,
     context_alignment,
     device_and_dtype,
     positive_int,
@@ -103,6 +104,7 @@ def run(args: argparse.Namespace) -> None:
         steps=sampling_steps(args, choice.config),
         spacing=sampling_spacing(args, choice.config),
         align_context=context_alignment(args, choice.config),
+        blend=blending(args, choice.config),
         eta=args.eta,
         seed=args.seed,
         dtype=dtype,

@@ -11,11 +11,13 @@ from pathlib import Path
 import torch
 
 from ldm.checkpoint import CheckpointError
+from ldm.inference.blending import BLENDS
 from ldm.inference.model import (
     DTYPE_CHOICES,
     OFFICIAL_CONFIG,
     OFFICIAL_WEIGHTS,
     SMALL_WEIGHTS,
+    default_blend,
     default_context_alignment,
     default_ddim_steps,
     default_timestep_spacing,
@@ -59,7 +61,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def add_sampling_arguments(
     parser: argparse.ArgumentParser, steps: int | None = None, eta: float = 1.0
 ) -> None:
-    """--device, --dtype, --steps, --spacing, --eta, --seed, --align-context; `steps` None: the
+    """--device, --dtype, --steps, --spacing, --eta, --seed, --align-context, --blend; `steps` None: the
     model's default (see `sampling_steps`)."""
     group = parser.add_argument_group("sampling")
     group.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
@@ -86,6 +88,13 @@ def add_sampling_arguments(
         help="warp each context frame onto the target's view (affine fit) before sampling "
         "(default: the model's, off for the released one)",
     )
+    group.add_argument(
+        "--blend",
+        choices=BLENDS,
+        help="how the result goes into each frame's mask: paste its pixels, or Poisson-blend it (its "
+        "gradients inside, the frame's pixels on the mask's edge) (default: the model's, paste for the "
+        "released one)",
+    )
 
 
 def sampling_steps(args: argparse.Namespace, config: Path) -> int:
@@ -101,6 +110,11 @@ def sampling_spacing(args: argparse.Namespace, config: Path) -> str:
 def context_alignment(args: argparse.Namespace, config: Path) -> bool:
     """--align-context / --no-align-context, or the model config's default."""
     return default_context_alignment(config) if args.align_context is None else args.align_context
+
+
+def blending(args: argparse.Namespace, config: Path) -> str:
+    """--blend, or the model config's default."""
+    return args.blend or default_blend(config)
 
 
 def device_and_dtype(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:

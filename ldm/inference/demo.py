@@ -8,12 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ldm.inference.blending import paste_back
 from ldm.inference.images import (
     PUBLISHED_SIZE,
-    composite,
     crop_centre_square,
     dilate_and_binarise,
-    from_model_scale,
     list_images,
     read_frame,
     read_mask,
@@ -69,8 +68,10 @@ def inpaint_demo(
     inpainter: Inpainter,
     resolution: int,
     generator: torch.Generator | None = None,
+    blend: str = "paste",
 ) -> np.ndarray:
-    """Each frame inpainted with the other three as context, pasted into the original outside its mask.
+    """Each frame inpainted with the other three as context and put into its mask (`blend`: paste or
+    poisson, ldm.inference.blending); the original is kept outside the mask.
 
     A model whose resolution is not 256 gets the inputs resized to it, and its results are resized back.
     """
@@ -79,8 +80,7 @@ def inpaint_demo(
     model_masks = np.stack([mask for _, mask in scaled])
     orders = list(ORDERS)
     inpainted = inpainter(model_frames[orders], model_masks[orders], generator, progress=True)
-    inpainted = np.stack([from_model_scale(image, *frames.shape[1:3]) for image in inpainted])
-    return composite(frames, inpainted, masks)
+    return paste_back(frames, inpainted, masks, blend)
 
 
 def demo_grid(frames: np.ndarray, masks: np.ndarray, results: np.ndarray) -> np.ndarray:

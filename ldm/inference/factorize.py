@@ -22,7 +22,8 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
-from ldm.inference.images import composite, from_model_scale, mask_at_frame, read_mask, to_model_scale
+from ldm.inference.blending import paste_back
+from ldm.inference.images import mask_at_frame, read_mask, to_model_scale
 from ldm.inference.inpainter import Inpainter, inpaint_tiles, seeded_generator
 from ldm.inference.jobs import (
     CONTEXT_FRAMES,
@@ -48,6 +49,7 @@ class FactorizeOptions:
     steps: int = 200
     spacing: str = "leading"
     align_context: bool = False
+    blend: str = "paste"
     eta: float = 1.0
     seed: int = 0
     dtype: torch.dtype = torch.float32
@@ -183,6 +185,7 @@ class Factorizer(pl.LightningModule):
             model, options.dtype, options.steps, options.eta, options.spacing, options.align_context
         )
         self.seed = options.seed
+        self.blend = options.blend
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> np.ndarray:
         # One generator per frame: a frame's result does not depend on its batch, device or a resume.
@@ -190,9 +193,7 @@ class Factorizer(pl.LightningModule):
             seeded_generator(self.device, self.seed, batch["job"], index) for index in batch["indices"]
         ]
         inpainted = inpaint_tiles(self.inpainter, batch["model_frames"], batch["model_masks"], generators)
-        height, width = batch["frames"].shape[1:3]
-        inpainted = np.stack([from_model_scale(image, height, width) for image in inpainted])
-        return composite(batch["frames"], inpainted, batch["masks"])
+        return paste_back(batch["frames"], inpainted, batch["masks"], self.blend)
 
 
 class FrameWriter(BasePredictionWriter):

@@ -30,6 +30,7 @@ from ldm.checkpoint import (
     read_state_dict,
     release_mapped_pages,
 )
+from ldm.inference.blending import BLENDS
 from ldm.models.diffusion.core import SCHEDULE_BUFFERS
 from ldm.models.diffusion.ddim import SPACINGS
 from ldm.modules.diffusionmodules.openaimodel import channels_last
@@ -142,6 +143,15 @@ def default_context_alignment(path: Path) -> bool:
     value = inference_defaults(path).get("align_context", False)
     if not isinstance(value, bool):
         raise InputError(f"{path}: inference.align_context must be true or false, got {value!r}")
+    return value
+
+
+def default_blend(path: Path) -> str:
+    """How the inpainted region goes back into the frame when --blend is not given: the config's
+    `inference.blend`, else `paste` (the published method pastes the decoded pixels as they are)."""
+    value = str(inference_defaults(path).get("blend", "paste"))
+    if value not in BLENDS:
+        raise InputError(f"{path}: inference.blend must be one of {', '.join(BLENDS)}, got {value!r}")
     return value
 
 

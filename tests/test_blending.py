@@ -1,0 +1,111 @@
+"""ldm.inference.blending: the inpainted region put back by a paste or by Poisson blending."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from skimage import data as skimage_data
+
+from ldm.inference.blending import blend, harmonic_fill, paste_back, poisson_blend
+from ldm.inference.images import composite, from_model_scale
+from ldm.inference.model import OFFICIAL_CONFIG, SMALL_CONFIG, default_blend
+from ldm.util import InputError
+from tests.conftest import ROOT
+from tests.test_evaluate import evaluate
+
+
+def hand_like_hole(height: int, width: int) -> np.ndarray:
+    """A forearm that enters from the lower edge (so the hole touches the frame's edge) and a disc."""
+    ys, xs = np.mgrid[:height, :width]
+    arm = (np.abs(xs - 0.4 * width - 0.3 * (height - ys)) < 0.12 * width) & (ys > 0.45 * height)
+    disc = (ys - 0.3 * height) ** 2 + (xs - 0.75 * width) ** 2 < (0.1 * height) ** 2
+    return arm | disc
+
+
+def coffee(height: int = 96, width: int = 128) -> np.ndarray:
+    """scikit-image's coffee photograph, its tones squeezed into 30..200 so offsets do not clip."""
+    image = from_model_scale(skimage_data.coffee(), height, width).astype(np.float64)
+    return np.rint(30 + image * (170 / 255)).astype(np.uint8)
+
+
+def test_harmonic_fill_continues_a_plane_into_a_hole_at_the_frame_edge():
+    height, width = 40, 60
+    ys, xs = np.mgrid[:height, :width]
+    plane = np.stack([0.7 * xs + 3.0, 120 - 0.4 * xs, np.full_like(xs, 9.0)], axis=-1).astype(np.float64)
+    hole = hand_like_hole(height, width)
+    scrambled = np.where(hole[..., None], -500.0, plane)
+    filled = harmonic_fill(scrambled, hole)
+    # A plane is harmonic, and its slope along the free lower edge is zero: the solution is the plane.
+    np.testing.assert_allclose(filled, plane, atol=1e-8)
+
+
+def test_poisson_blend_removes_a_fills_colour_offset_and_keeps_its_detail():
+    frame = coffee()
+    hole = hand_like_hole(*frame.shape[:2])
+    offset = np.array([25, -18, 12])
+    fill = (frame.astype(int) + offset).astype(np.uint8)
+    assert np.array_equal(poisson_blend(frame, fill, hole), frame), "the true pixels, offset removed"
+    pasted = composite(frame, fill, hole).astype(int)
+    assert np.abs(pasted - frame)[hole].mean() > 15
+
+
+def test_poisson_blend_meets_the_frame_at_the_mask_edge_with_the_fills_gradients():
+    frame = coffee()
+    fill = np.ascontiguousarray(coffee()[::-1])  # other content: the photograph upside down
+    hole = hand_like_hole(*frame.shape[:2])
+    result = poisson_blend(frame, fill, hole)
+    assert np.array_equal(result[~hole], frame[~hole])
+    correction = result.astype(np.float64) - fill
+    laplacian = 4 * correction[1:-1, 1:-1] - (
+        correction[:-2, 1:-1] + correction[2:, 1:-1] + correction[1:-1, :-2] + correction[1:-1, 2:]
+    )
+    inside = hole & np.all((result > 0) & (result < 255), axis=-1)  # clipping aside
+    interior = (
+        inside[1:-1, 1:-1] & inside[:-2, 1:-1] & inside[2:, 1:-1] & inside[1:-1, :-2] & inside[1:-1, 2:]
+    )
+    assert interior.sum() > 0.5 * hole.sum()
+    assert np.abs(laplacian[interior]).max() <= 4, "the fill's detail is kept, up to rounding (8 x 0.5)"
+    edge = hole & ~np.roll(hole, 1, axis=1)
+    edge[:, 0] = False
+    seam_blend = np.abs(result[edge].astype(int) - frame[np.roll(edge, -1, axis=1)]).mean()
+    seam_paste = np.abs(fill[edge].astype(int) - frame[np.roll(edge, -1, axis=1)]).mean()
+    assert seam_blend < seam_paste / 2
+
+
+def test_blend_paste_is_a_composite_and_bad_names_are_refused():
+    frames = np.stack([coffee(), coffee()[::-1]])
+    fills = np.stack([coffee()[:, ::-1], coffee()[::-1, ::-1]])
+    masks = np.stack([hand_like_hole(96, 128), hand_like_hole(96, 128)[:, ::-1]])
+    assert np.array_equal(blend(frames, fills, masks, "paste"), composite(frames, fills, masks))
+    blended = blend(frames, fills, masks, "poisson")
+    assert np.array_equal(blended[1], poisson_blend(frames[1], fills[1], masks[1]))
+    assert np.array_equal(blend(frames, fills, np.ones_like(masks), "poisson"), fills)
+    small = np.stack([from_model_scale(f, 24, 32) for f in fills])
+    resized = np.stack([from_model_scale(f, 96, 128) for f in small])
+    assert np.array_equal(paste_back(frames, small, masks), composite(frames, resized, masks))
+    with pytest.raises(InputError, match="blend 'feather'"):
+        blend(frames, fills, masks, "feather")
+
+
+def test_blend_default_comes_from_the_model_config(tmp_path):
+    assert default_blend(ROOT / OFFICIAL_CONFIG) == "paste", "the published method pastes"
+    assert default_blend(ROOT / SMALL_CONFIG) == "poisson"
+    config = tmp_path / "small.yaml"
+    config.write_text("model: {target: x}\ninference: {blend: feather}\n")
+    with pytest.raises(InputError, match=r"small.yaml: inference.blend must be one of paste, poisson"):
+        default_blend(config)
+
+
+def test_embedded_model_scores_higher_blended_than_pasted(tmp_path):
+    """The embedded model's fills on held-out clips: Poisson blending must raise the masked PSNR."""
+    scores = {}
+    for how in ("paste", "poisson"):
+        out = tmp_path / how
+        argv = ["--out", str(out), "--n", "8", "--steps", "1", "--eta", "1", "--methods", "vidm"]
+        assert evaluate([*argv, "--blend", how]) == 0
+        results = json.loads((out / "results.json").read_text())
+        assert results["settings"]["blend"] == how
+        scores[how] = results["methods"]["vidm"]["psnr_mask"]
+    assert scores["poisson"] > scores["paste"] + 0.5, scores
