@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pytest
+from PIL import Image
 from skimage import data as skimage_data
 
+import demo_script
 from ldm.inference.blending import blend, harmonic_fill, paste_back, poisson_blend
 from ldm.inference.images import composite, from_model_scale
 from ldm.inference.model import OFFICIAL_CONFIG, SMALL_CONFIG, default_blend
@@ -109,3 +112,27 @@ def test_embedded_model_scores_higher_blended_than_pasted(tmp_path):
         assert results["settings"]["blend"] == how
         scores[how] = results["methods"]["vidm"]["psnr_mask"]
     assert scores["poisson"] > scores["paste"] + 0.5, scores
+
+
+def test_demo_blends_by_the_models_default_and_pastes_on_request(tmp_path, caplog):
+    """The embedded model's demo: blended (its config's default) and pasted results share the seed,
+    differ only inside the masks, and the blend meets the frame more closely at the masks' edges."""
+    caplog.set_level("INFO")
+    grids = {}
+    for how, extra in (("poisson", []), ("paste", ["--blend", "paste"])):
+        out = tmp_path / f"{how}.png"
+        assert demo_script.main([str(ROOT / "demo_data"), "--out", str(out), *extra]) == 0
+        grids[how] = np.asarray(Image.open(out))
+    assert "Poisson-blended into the masks" in caplog.text and "pasted into the masks" in caplog.text
+    seams = {how: [] for how in grids}
+    for row in range(4):
+        cells = {how: grid[row * 256 : (row + 1) * 256] for how, grid in grids.items()}
+        frame, mask = cells["paste"][:, :256].astype(int), cells["paste"][:, 256:512, 0] > 127
+        assert np.array_equal(cells["poisson"][:, :512], cells["paste"][:, :512])
+        ring = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool) & ~mask
+        edge = cv2.dilate(ring.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool) & mask
+        for how, cell in cells.items():
+            result = cell[:, 512:].astype(int)
+            assert np.array_equal(result[~mask], frame[~mask])
+            seams[how].append(np.abs(result[edge].mean(axis=0) - frame[ring].mean(axis=0)).mean())
+    assert np.mean(seams["poisson"]) < 0.5 * np.mean(seams["paste"]), seams
