@@ -3,6 +3,8 @@ GroupNorm statistics in float32; and the LDM options (resblock_updown false, sca
 
 from __future__ import annotations
 
+import unittest.mock
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -79,6 +81,33 @@ def test_group_norm_keeps_dtype_and_layout_with_float32_statistics():
     torch.testing.assert_close(out.float(), expected, rtol=0.02, atol=0.05)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert norm(x.bfloat16()).dtype == torch.bfloat16, "no upcast of the whole input under autocast"
+
+
+def test_group_norm_backward_on_the_cpu_runs_on_a_contiguous_copy_with_the_same_result():
+    """A bf16 channels-last input that needs gradients is normalised in the contiguous layout
+    (PyTorch's channels-last CPU backward is slow in bf16); layout, values and gradients stay."""
+    norm = GroupNorm32(4, 16)
+    x = channels_last(torch.randn(2, 16, 3, 5, 5)).bfloat16().requires_grad_(True)
+    seen = []
+    original = F.group_norm
+
+    def record_layout(inp, *args, **kwargs):
+        seen.append(inp.is_contiguous())
+        return original(inp, *args, **kwargs)
+
+    with unittest.mock.patch("torch.nn.functional.group_norm", record_layout):
+        out = norm(x)
+        with torch.no_grad():
+            norm(x)
+    assert seen == [True, False], "the contiguous copy only where a backward follows"
+    assert out.is_contiguous(memory_format=torch.channels_last_3d)
+    reference = x.detach().contiguous().requires_grad_(True)
+    expected = F.group_norm(reference, 4, norm.weight, norm.bias)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    upstream = torch.randn_like(out)
+    (grad,) = torch.autograd.grad(out, x, upstream)
+    (expected_grad,) = torch.autograd.grad(expected, reference, upstream)
+    torch.testing.assert_close(grad, expected_grad, rtol=0, atol=0)
 
 
 def test_codebook_distances_stay_float32_under_bf16():
