@@ -6,7 +6,7 @@ Methods, in one run, on the same samples:
   vidm_single_frame  the same model with the context frames replaced by copies of the masked target
   telea              OpenCV inpainting (Telea) of the target frame
   temporal_copy      each masked pixel from the latest context frame where it is visible, Telea for the rest
-  aligned_copy       temporal_copy after warping the context frames onto the target's view (affine fit)
+  aligned_copy       temporal_copy after warping the context frames onto the target's view (ECC fits)
   ldm_inpainting_big LDM's 2D inpainting model on the target frame (when its checkpoint is present)
   autoencoder_bound  the true target through the model's first stage: what predicting its latent exactly
                      would score, about the best a latent-diffusion model can do at this size

@@ -85,7 +85,7 @@ def add_sampling_arguments(
     group.add_argument(
         "--align-context",
         action=argparse.BooleanOptionalAction,
-        help="warp each context frame onto the target's view (affine fit) before sampling "
+        help="warp each context frame onto the target's view (ECC fits: affine, rigid or rotation-and-zoom) before sampling "
         "(default: the model's, off for the released one)",
     )
     group.add_argument(
