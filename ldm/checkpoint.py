@@ -93,6 +93,15 @@ def _extract_state_dict(ckpt: object, path: Path) -> dict[str, torch.Tensor]:
     return dict(ckpt)
 
 
+def first_stage_state(path: str | Path, unsafe: bool = False) -> dict[str, torch.Tensor]:
+    """The first-stage tensors of a VQ checkpoint, or of a VIDM checkpoint or weights file (its
+    `first_stage_model.*`, renamed)."""
+    state = read_state_dict(path, unsafe=unsafe)
+    if not any(key.startswith(FIRST_STAGE_PREFIX) for key in state):
+        return state
+    return {k[len(FIRST_STAGE_PREFIX) :]: v for k, v in state.items() if k.startswith(FIRST_STAGE_PREFIX)}
+
+
 def file_mappings() -> list[tuple[int, int]]:
     """Address ranges of this process's memory maps of files (Linux; empty elsewhere)."""
     if _LIBC is None:

@@ -2,7 +2,9 @@
 """Convert a VIDM Lightning checkpoint to a small safetensors file for inference.
 
 Keeps the EMA weights of the denoiser (under the denoiser's own names) and the first stage; drops
-the training weights, optimizer state and the conditioner's duplicate of the first stage.
+the training weights, optimizer state and the conditioner's duplicate of the first stage. The input
+may also be such a weights file, e.g. to install a first-stage decoder fine-tuned alone
+(--decoder-from, as scripts/train_small.py's decoder phase trains it).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from ldm.checkpoint import (
     FIRST_STAGE_PREFIX,
     CheckpointError,
     ema_as_model_weights,
+    first_stage_state,
     read_state_dict,
 )
 
@@ -37,6 +40,40 @@ def inference_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return out
 
 
+DECODER_KEYS = ("decoder.", "post_quant_conv.")
+FIXED_KEYS = ("encoder.", "quant_conv.", "quantize.")
+
+
+def with_decoder(
+    tensors: dict[str, torch.Tensor], first_stage: dict[str, torch.Tensor], source: Path
+) -> dict[str, torch.Tensor]:
+    """`tensors` with their first stage's decoder taken from `first_stage`, a decoder-only fine-tune
+    of the same first stage: its encoder and codebook must be the model's (the latents the denoiser
+    learned), within float16 rounding."""
+    out = dict(tensors)
+    for key, value in first_stage.items():
+        name = FIRST_STAGE_PREFIX + key
+        if not key.startswith(DECODER_KEYS + FIXED_KEYS):
+            continue
+        if name not in tensors or tensors[name].shape != value.shape:
+            raise CheckpointError(
+                f"{source}: first stage tensor '{key}' does not fit the model's first stage"
+            )
+        if key.startswith(FIXED_KEYS):
+            if not torch.allclose(value.float(), tensors[name].float(), rtol=1e-3, atol=1e-5):
+                raise CheckpointError(
+                    f"{source}: its '{key}' differs from the model's: only a decoder fine-tuned on the same "
+                    "encoder and codebook can be installed"
+                )
+        else:
+            out[name] = value.to(tensors[name].dtype)
+    names = {FIRST_STAGE_PREFIX + key for key in first_stage}
+    missing = [k for k in tensors if k.startswith(FIRST_STAGE_PREFIX) and k not in names]
+    if missing:
+        raise CheckpointError(f"{source}: it lacks first stage tensors, e.g. '{missing[0]}'")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -46,6 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("output", type=Path, help="output .safetensors file")
     parser.add_argument("--fp16", action="store_true", help="store float16 weights (half the size)")
+    parser.add_argument(
+        "--decoder-from",
+        type=Path,
+        metavar="VQ_CKPT",
+        help="take the first stage's decoder from this checkpoint, a decoder-only fine-tune of the "
+        "model's first stage (model.params.train_decoder_only in configs/vq_f4_small.yaml)",
+    )
     parser.add_argument(
         "--unsafe-load", action="store_true", help="allow pickled objects (trusted files only)"
     )
@@ -58,6 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    if args.decoder_from is not None:
+        try:
+            first_stage = first_stage_state(args.decoder_from, unsafe=args.unsafe_load)
+            tensors = with_decoder(tensors, first_stage, args.decoder_from)
+        except CheckpointError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
     dtype = torch.float16 if args.fp16 else None
     tensors = {
         k: (v.to(dtype) if dtype and v.is_floating_point() else v).contiguous() for k, v in tensors.items()

@@ -2,7 +2,8 @@
 """Train the embedded small VIDM from scratch and install it as models/vidm_small/vidm_small.safetensors.
 
 main.py runs on synthetic sequences (ldm.data.synthetic), then a conversion:
-  1. the VQ f4 first stage on whole frames (configs/vq_f4_small.yaml),
+  1. the VQ f4 first stage on whole frames (configs/vq_f4_small.yaml), then its decoder alone
+     (encoder and codebook fixed) on whole frames of all the training scenes, wallpapers included,
   2. the 4-frame VIDM on top of it (configs/vidm_small.yaml), its latents scaled to unit variance
      (LDM's scale_by_std: one over the std of the new first stage's latents on training frames),
      in phases of one run: first with a
@@ -40,6 +41,15 @@ from scripts.convert_checkpoint import main as convert  # noqa: E402
 
 log = logging.getLogger("train_small")
 VIDM_CONFIG = "configs/vidm_small.yaml"
+VQ_CONFIG = "configs/vq_f4_small.yaml"
+DECODER_OVERRIDES = (
+    "model.params.train_decoder_only=true",
+    "model.base_learning_rate=1.25e-05",  # 2e-4 at batch 16
+    "data.params.train.params.crop=null",
+    "data.params.train.params.wallpapers=true",
+)
+"""The decoder phase: the first stage's decoder alone, on whole frames of every training scene."""
+DECODER_STEPS = 3000
 
 
 @dataclass(frozen=True)
@@ -63,8 +73,9 @@ def phases(args: argparse.Namespace) -> list[Phase]:
     motion_ends += [(args.vidm_steps, 1.0)]
     vidm = [Phase("vidm", VIDM_CONFIG, end, (*decay, f"{motion}={scale}")) for end, scale in motion_ends]
     vq = [
-        Phase("vq", "configs/vq_f4_small.yaml", args.vq_steps - args.vq_whole_frame_steps),
-        Phase("vq", "configs/vq_f4_small.yaml", args.vq_steps, ("data.params.train.params.crop=null",)),
+        Phase("vq", VQ_CONFIG, args.vq_steps - args.vq_whole_frame_steps),
+        Phase("vq", VQ_CONFIG, args.vq_steps, ("data.params.train.params.crop=null",)),
+        Phase("decoder", VQ_CONFIG, args.decoder_steps, DECODER_OVERRIDES),
     ]
     return [p for p in (*vq, *vidm) if p.max_steps > 0]
 
@@ -80,6 +91,17 @@ def latent_scale_factor(vq_checkpoint: Path, frames: int = 256) -> float:
     with torch.inference_mode():
         latents = torch.cat([first_stage.encode(batch) for batch in images.split(64)])
     return round(1.0 / latents.std().item(), 3)
+
+
+def first_stage_overrides(last: dict[str, Path]) -> list[str]:
+    """The VIDM phases' first stage (with the fine-tuned decoder when there is one) and latent scale."""
+    scale = latent_scale_factor(last["vq"])
+    checkpoint = last.get("decoder", last["vq"])
+    log.info("first stage %s: latent scale factor %.3f", checkpoint, scale)
+    return [
+        f"model.params.first_stage_config.params.ckpt_path={checkpoint}",
+        f"model.params.scale_factor={scale}",
+    ]
 
 
 def run_dir(logdir: Path, stage: str) -> Path | None:
@@ -128,6 +150,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--vq-whole-frame-steps", type=int, default=400, help="the last of them on whole frames (default 400)"
     )
+    parser.add_argument(
+        "--decoder-steps",
+        type=int,
+        default=DECODER_STEPS,
+        help=f"then the decoder alone (encoder and codebook fixed), on whole frames ({DECODER_STEPS})",
+    )
     parser.add_argument("--vidm-steps", type=int, default=3000, help="VIDM training steps (default 3000)")
     parser.add_argument(
         "--warm-up-steps", type=int, default=160, help="linear LR warm-up, at most a tenth of them (160)"
@@ -165,16 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     last: dict[str, Path] = {}
     first_stage: list[str] = []
     for phase in phases(args):
-        if phase.stage == "vidm" and not first_stage:
-            scale = latent_scale_factor(last["vq"])
-            log.info("first stage %s: latent scale factor %.3f", last["vq"], scale)
-            first_stage = [
-                f"model.params.first_stage_config.params.ckpt_path={last['vq']}",
-                f"model.params.scale_factor={scale}",
-            ]
-        last[phase.stage] = train_phase(
-            phase, args.logdir, [*extra, *(first_stage if phase.stage == "vidm" else [])]
-        )
+        inputs = []
+        if phase.stage == "decoder":
+            inputs = [f"model.params.ckpt_path={last['vq']}"]
+        if phase.stage == "vidm":
+            first_stage = first_stage or first_stage_overrides(last)
+            inputs = first_stage
+        last[phase.stage] = train_phase(phase, args.logdir, [*extra, *inputs])
     return convert([str(last["vidm"]), str(args.out), *([] if args.fp32 else ["--fp16"])])
 
 

@@ -10,6 +10,7 @@ import sys
 import pytest
 import pytorch_lightning as pl
 import torch
+from safetensors.torch import load_file
 
 from ldm.checkpoint import (
     CheckpointError,
@@ -216,3 +217,47 @@ def test_inpainting_big_layout_loads_into_the_2d_config(tmp_path):
     path = lightning_checkpoint(tmp_path / "last.ckpt", state)
     model = load_inference_model(config, path)
     assert torch.all(model.cond_stage_model.first_stage_model.post_quant_conv.bias == 2.0)
+
+
+def test_convert_installs_a_fine_tuned_decoder_only_on_the_same_encoder(tmp_path, capsys):
+    """--decoder-from: the embedded weights get a VQ checkpoint's decoder; a first stage whose
+    encoder differs (other latents than the denoiser learned) is refused with one line."""
+    sys.path.insert(0, str(ROOT))
+    from scripts.convert_checkpoint import main as convert
+
+    weights = ROOT / "models" / "vidm_small" / "vidm_small.safetensors"
+    first_stage = {
+        k[len("first_stage_model.") :]: v.float()
+        for k, v in load_file(weights).items()
+        if k.startswith("first_stage_model.")
+    }
+    first_stage["decoder.conv_out.bias"] = torch.tensor([0.5, -0.25, 0.125])
+    torch.save({"state_dict": first_stage, "global_step": 3}, tmp_path / "decoder.ckpt")
+    assert (
+        convert(
+            [
+                str(weights),
+                str(tmp_path / "out.safetensors"),
+                "--fp16",
+                "--decoder-from",
+                str(tmp_path / "decoder.ckpt"),
+            ]
+        )
+        == 0
+    )
+    before, after = load_file(weights), load_file(tmp_path / "out.safetensors")
+    assert after.keys() == before.keys()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed == ["first_stage_model.decoder.conv_out.bias"]
+    assert after[changed[0]].tolist() == [0.5, -0.25, 0.125]
+    first_stage["encoder.conv_in.bias"] = first_stage["encoder.conv_in.bias"] + 0.1
+    torch.save({"state_dict": first_stage}, tmp_path / "other.ckpt")
+    assert (
+        convert(
+            [str(weights), str(tmp_path / "bad.safetensors"), "--decoder-from", str(tmp_path / "other.ckpt")]
+        )
+        == 1
+    )
+    assert not (tmp_path / "bad.safetensors").exists(), "nothing written"
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "other.ckpt: its 'encoder.conv_in.bias' differs" in error[0], error

@@ -10,7 +10,9 @@ import sys
 import cv2
 import numpy as np
 import pytest
+import torch
 from omegaconf import OmegaConf
+from safetensors.torch import load_file
 
 import demo_script
 from ldm.evaluation.metrics import psnr
@@ -105,18 +107,29 @@ def test_train_small_ramps_the_camera_motion_up_after_the_still_phase():
 
 def test_train_small_runs_resumes_and_installs(tmp_path):
     """The documented training command with one step per phase (VQ on crops, then on whole frames;
-    VIDM with a still camera, then with motion): trains, converts, then skips every phase."""
+    its decoder alone; VIDM with a still camera, then with motion): trains, converts, then skips
+    every phase. The installed first stage is the VQ run's encoder with the decoder run's decoder."""
     command = [
         sys.executable, str(ROOT / "scripts" / "train_small.py"), "--logdir", str(tmp_path / "logs"),
-        "--vq-steps", "2", "--vq-whole-frame-steps", "1", "--vidm-steps", "2", "--still-fraction", "0.5",
-        "--out", str(tmp_path / "model.safetensors"),
+        "--vq-steps", "2", "--vq-whole-frame-steps", "1", "--decoder-steps", "1", "--vidm-steps", "2",
+        "--still-fraction", "0.5", "--out", str(tmp_path / "model.safetensors"),
     ]  # fmt: skip
     first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr[-2000:]
-    assert (tmp_path / "model.safetensors").is_file()
-    assert len(list((tmp_path / "logs").glob("*/*/checkpoints/last.ckpt"))) == 2
+    installed = load_file(tmp_path / "model.safetensors")
+    vq, decoder = (
+        torch.load(next((tmp_path / "logs" / stage).glob("*/checkpoints/last.ckpt")), weights_only=True)[
+            "state_dict"
+        ]
+        for stage in ("vq", "decoder")
+    )
+    for name in ("encoder.conv_in.weight", "decoder.conv_out.weight"):
+        assert torch.equal(installed[f"first_stage_model.{name}"], decoder[name].half())
+    assert torch.equal(vq["encoder.conv_in.weight"], decoder["encoder.conv_in.weight"])
+    assert not torch.equal(vq["decoder.conv_out.weight"], decoder["decoder.conv_out.weight"])
+    assert len(list((tmp_path / "logs").glob("*/*/checkpoints/last.ckpt"))) == 3
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    assert again.returncode == 0 and again.stderr.count("finished") == 4, again.stderr[-2000:]
+    assert again.returncode == 0 and again.stderr.count("finished") == 5, again.stderr[-2000:]
     scale = re.search(r"latent scale factor ([0-9.]+)", first.stderr).group(1)
     assert f"latent scale factor {scale}" in again.stderr, "a resumed run scales its latents the same way"
     for project in (tmp_path / "logs" / "vidm").glob("*/configs/*-project.yaml"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 import torch
+from safetensors.torch import save_file
 
 from ldm.models.autoencoder import VQModel
 from ldm.modules.vqvae.quantize import VectorQuantizer
@@ -48,35 +49,43 @@ class RepeatedBatch(torch.utils.data.Dataset):
         return {"image": self.images[index % len(self.images)]}
 
 
+def smooth_images() -> torch.Tensor:
+    """4 smooth 32-px images (B,H,W,3) in [-1,1]."""
+    torch.manual_seed(0)
+    return torch.nn.functional.avg_pool2d(torch.rand(4, 3, 32, 32) * 2 - 1, 7, 1, 3).permute(0, 2, 3, 1)
+
+
+def reconstruction_error(model: VQModel, images: torch.Tensor) -> float:
+    model.eval()
+    with torch.no_grad():
+        x = images.permute(0, 3, 1, 2)
+        return float((model(x)[0] - x).abs().mean())
+
+
+def fit(model: VQModel, images: torch.Tensor, steps: int, root, callbacks=()) -> None:
+    """`steps` Lightning steps of batch 4 on `images`, on one thread."""
+    trainer = pl.Trainer(
+        max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=root, callbacks=list(callbacks),
+    )  # fmt: skip
+    with single_thread():
+        trainer.fit(model, torch.utils.data.DataLoader(RepeatedBatch(images, 4 * steps), batch_size=4))
+
+
 def test_vq_model_learns_to_reconstruct_smooth_images(tmp_path):
     """60 Lightning steps on 4 smooth 32-px images: the reconstruction error at least halves."""
-    torch.manual_seed(0)
-    images = torch.nn.functional.avg_pool2d(torch.rand(4, 3, 32, 32) * 2 - 1, 7, 1, 3).permute(0, 2, 3, 1)
+    images = smooth_images()
     model = VQModel(DDCONFIG, LOSS, n_embed=64, embed_dim=3, learning_rate=2e-3, restart_dead_codes_every=20)
-
-    def error() -> float:
-        model.eval()
-        with torch.no_grad():
-            x = images.permute(0, 3, 1, 2)
-            return float((model(x)[0] - x).abs().mean())
-
-    before = error()
-    trainer = pl.Trainer(
-        max_steps=60, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-    )  # fmt: skip
-    loader = torch.utils.data.DataLoader(RepeatedBatch(images, 4 * 60), batch_size=4)
-    with single_thread():
-        trainer.fit(model, loader)
-    after = error()
+    before = reconstruction_error(model, images)
+    fit(model, images, 60, tmp_path)
+    after = reconstruction_error(model, images)
     assert after < 0.5 * before, (before, after)
 
 
 def test_codebook_starts_on_the_latents_of_a_warmed_up_autoencoder(tmp_path):
     """quantize_from_step: the first steps train without quantisation, then every code is placed on
     that step's latents (not on a random encoder's), and quantised training goes on from there."""
-    torch.manual_seed(0)
-    images = torch.nn.functional.avg_pool2d(torch.rand(4, 3, 32, 32) * 2 - 1, 7, 1, 3).permute(0, 2, 3, 1)
+    images = smooth_images()
     model = VQModel(DDCONFIG, LOSS, n_embed=64, embed_dim=3, learning_rate=2e-3, quantize_from_step=10)
     initial_codes = model.quantize.embedding.weight.detach().clone()
     seen = {}
@@ -86,12 +95,7 @@ def test_codebook_starts_on_the_latents_of_a_warmed_up_autoencoder(tmp_path):
             if trainer.global_step in (9, 11):
                 seen[trainer.global_step] = pl_module.quantize.embedding.weight.detach().clone()
 
-    trainer = pl.Trainer(
-        max_steps=12, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path, callbacks=[Watch()],
-    )  # fmt: skip
-    with single_thread():
-        trainer.fit(model, torch.utils.data.DataLoader(RepeatedBatch(images, 4 * 12), batch_size=4))
+    fit(model, images, 12, tmp_path, callbacks=[Watch()])
     assert torch.equal(seen[9], initial_codes), "no codebook use before quantize_from_step"
     with torch.no_grad():
         latents = model.quant_conv(model.encoder(images.permute(0, 3, 1, 2)))
@@ -100,3 +104,27 @@ def test_codebook_starts_on_the_latents_of_a_warmed_up_autoencoder(tmp_path):
     assert torch.all(seen[11].std(dim=0) > 0.2 * spread), (
         "the codes cover the latents, not the initial uniform box"
     )
+
+
+def test_decoder_only_training_starts_from_vidm_weights_and_keeps_the_latents(tmp_path):
+    """train_decoder_only, started from a VIDM weights file (its first_stage_model.*): 40 steps
+    lower the reconstruction error while the encoder and codebook, hence the latents, stay exact."""
+    images = smooth_images()
+    trained = VQModel(DDCONFIG, LOSS, n_embed=64, embed_dim=3)
+    weights = {f"first_stage_model.{k}": v for k, v in trained.state_dict().items()}
+    weights["model.diffusion_model.out.2.weight"] = torch.zeros(3, 3)  # a denoiser tensor, ignored
+    save_file(weights, str(tmp_path / "vidm.safetensors"))
+    model = VQModel(
+        DDCONFIG, LOSS, n_embed=64, embed_dim=3, learning_rate=2e-3,
+        train_decoder_only=True, ckpt_path=str(tmp_path / "vidm.safetensors"),
+    )  # fmt: skip
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    assert all(torch.equal(start[k], v) for k, v in trained.state_dict().items()), "loaded from the file"
+    before = reconstruction_error(model, images)
+    fit(model, images, 40, tmp_path)
+    after = reconstruction_error(model, images)
+    state = model.state_dict()
+    fixed = [k for k in state if k.startswith(("encoder.", "quant_conv.", "quantize."))]
+    assert fixed and all(torch.equal(state[k], start[k]) for k in fixed), "encoder and codebook unchanged"
+    assert not torch.equal(state["decoder.conv_out.weight"], start["decoder.conv_out.weight"])
+    assert after < 0.8 * before, (before, after)

@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 from einops import rearrange
 
-from ldm.checkpoint import load_model_weights
+from ldm.checkpoint import first_stage_state, load_state_into
 from ldm.models.first_stage import VQFirstStage
 from ldm.util import instantiate_from_config
 
@@ -27,6 +27,7 @@ class VQModel(VQFirstStage, pl.LightningModule):
         learning_rate: float = 4.5e-6,
         restart_dead_codes_every: int = 0,
         quantize_from_step: int = 0,
+        train_decoder_only: bool = False,
         ckpt_path: str | None = None,
     ):
         super().__init__(ddconfig=ddconfig, n_embed=n_embed, embed_dim=embed_dim)
@@ -39,7 +40,11 @@ class VQModel(VQFirstStage, pl.LightningModule):
             self.monitor = monitor
         self.loss = instantiate_from_config(lossconfig)
         if ckpt_path is not None:
-            load_model_weights(self, ckpt_path, strict=False)
+            load_state_into(self, first_stage_state(ckpt_path), ckpt_path, strict=False)
+        self.train_decoder_only = train_decoder_only
+        if train_decoder_only:
+            for module in (self.encoder, self.quant_conv, self.quantize):
+                module.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Reconstruction through the quantiser, and the codebook loss."""
@@ -60,6 +65,8 @@ class VQModel(VQFirstStage, pl.LightningModule):
         leave it on a degenerate set that quantisation never escapes (it was seen to drop colour).
         """
         x = self.get_input(batch, self.image_key)
+        if self.train_decoder_only:
+            return self._decoder_step(x)
         h = self.quant_conv(self.encoder(x))
         if self.global_step < self.quantize_from_step:
             reconstruction = self.decoder(self.post_quant_conv(h))
@@ -77,6 +84,16 @@ class VQModel(VQFirstStage, pl.LightningModule):
         if every and (self.global_step + 1) % every == 0:
             logs["train/restarted_codes"] = torch.tensor(float(self.quantize.restart_dead_codes(h)))
             self._sync_codebook()
+        self.log_dict(logs, prog_bar=True, on_step=True, on_epoch=True, batch_size=x.shape[0])
+        return loss
+
+    def _decoder_step(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruction loss through the fixed encoder and codebook: only the decoder learns, so
+        the latents (and a diffusion model trained on them) stay as they were."""
+        with torch.no_grad():
+            quant = self.quantize(self.encode(x))[0]
+        reconstruction = self.decode(quant, force_not_quantize=True)
+        loss, logs = self.loss(x.new_zeros(()), x, reconstruction, split="train")
         self.log_dict(logs, prog_bar=True, on_step=True, on_epoch=True, batch_size=x.shape[0])
         return loss
 
