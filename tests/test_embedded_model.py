@@ -105,6 +105,16 @@ def test_train_small_ramps_the_camera_motion_up_after_the_still_phase():
     assert [(phase.max_steps, phase.overrides[-1][-3:]) for phase in default] == [(240, "0.0"), (3000, "1.0")]
 
 
+def test_train_small_trains_the_decoder_alone_after_the_first_stage_unless_told_not_to():
+    stages = [(phase.stage, phase.max_steps) for phase in phases(parse_args([]))]
+    assert stages[:3] == [("vq", 3600), ("vq", 4000), ("decoder", 3000)]
+    decoder = phases(parse_args([]))[2]
+    assert "model.params.train_decoder_only=true" in decoder.overrides
+    assert "data.params.train.params.crop=null" in decoder.overrides, "whole frames"
+    skipped = [phase.stage for phase in phases(parse_args(["--decoder-steps", "0"]))]
+    assert skipped[:2] == ["vq", "vq"] and "decoder" not in skipped
+
+
 def test_train_small_runs_resumes_and_installs(tmp_path):
     """The documented training command with one step per phase (VQ on crops, then on whole frames;
     its decoder alone; VIDM with a still camera, then with motion): trains, converts, then skips
