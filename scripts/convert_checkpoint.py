@@ -40,8 +40,8 @@ def inference_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return out
 
 
-DECODER_KEYS = ("decoder.", "post_quant_conv.")
 FIXED_KEYS = ("encoder.", "quant_conv.", "quantize.")
+"""First-stage tensors that make the latents; the rest (decoder, post_quant_conv) decode them."""
 
 
 def with_decoder(
@@ -51,26 +51,22 @@ def with_decoder(
     of the same first stage: its encoder and codebook must be the model's (the latents the denoiser
     learned), within float16 rounding."""
     out = dict(tensors)
-    for key, value in first_stage.items():
-        name = FIRST_STAGE_PREFIX + key
-        if not key.startswith(DECODER_KEYS + FIXED_KEYS):
+    for name, current in tensors.items():
+        if not name.startswith(FIRST_STAGE_PREFIX):
             continue
-        if name not in tensors or tensors[name].shape != value.shape:
+        key = name[len(FIRST_STAGE_PREFIX) :]
+        value = first_stage.get(key)
+        if value is None or value.shape != current.shape:
             raise CheckpointError(
-                f"{source}: first stage tensor '{key}' does not fit the model's first stage"
+                f"{source}: first stage tensor '{key}' is missing or does not fit the model's"
             )
-        if key.startswith(FIXED_KEYS):
-            if not torch.allclose(value.float(), tensors[name].float(), rtol=1e-3, atol=1e-5):
-                raise CheckpointError(
-                    f"{source}: its '{key}' differs from the model's: only a decoder fine-tuned on the same "
-                    "encoder and codebook can be installed"
-                )
-        else:
-            out[name] = value.to(tensors[name].dtype)
-    names = {FIRST_STAGE_PREFIX + key for key in first_stage}
-    missing = [k for k in tensors if k.startswith(FIRST_STAGE_PREFIX) and k not in names]
-    if missing:
-        raise CheckpointError(f"{source}: it lacks first stage tensors, e.g. '{missing[0]}'")
+        if not key.startswith(FIXED_KEYS):
+            out[name] = value.to(current.dtype)
+        elif not torch.allclose(value.float(), current.float(), rtol=1e-3, atol=1e-5):
+            raise CheckpointError(
+                f"{source}: its '{key}' differs from the model's: only a decoder fine-tuned on the same "
+                "encoder and codebook can be installed"
+            )
     return out
 
 

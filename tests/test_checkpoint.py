@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from ldm.checkpoint import (
     CheckpointError,
     file_mappings,
+    first_stage_state,
     load_model_weights,
     read_state_dict,
     release_mapped_pages,
@@ -226,11 +227,7 @@ def test_convert_installs_a_fine_tuned_decoder_only_on_the_same_encoder(tmp_path
     from scripts.convert_checkpoint import main as convert
 
     weights = ROOT / "models" / "vidm_small" / "vidm_small.safetensors"
-    first_stage = {
-        k[len("first_stage_model.") :]: v.float()
-        for k, v in load_file(weights).items()
-        if k.startswith("first_stage_model.")
-    }
+    first_stage = {k: v.float() for k, v in first_stage_state(weights).items()}
     first_stage["decoder.conv_out.bias"] = torch.tensor([0.5, -0.25, 0.125])
     torch.save({"state_dict": first_stage, "global_step": 3}, tmp_path / "decoder.ckpt")
     assert (

@@ -106,9 +106,13 @@ def test_train_small_ramps_the_camera_motion_up_after_the_still_phase():
 
 
 def test_train_small_trains_the_decoder_alone_after_the_first_stage_unless_told_not_to():
-    stages = [(phase.stage, phase.max_steps) for phase in phases(parse_args([]))]
-    assert stages[:3] == [("vq", 3600), ("vq", 4000), ("decoder", 3000)]
-    decoder = phases(parse_args([]))[2]
+    planned = phases(parse_args([]))
+    assert [(phase.stage, phase.max_steps) for phase in planned[:3]] == [
+        ("vq", 3600),
+        ("vq", 4000),
+        ("decoder", 3000),
+    ]
+    decoder = planned[2]
     assert "model.params.train_decoder_only=true" in decoder.overrides
     assert "data.params.train.params.crop=null" in decoder.overrides, "whole frames"
     skipped = [phase.stage for phase in phases(parse_args(["--decoder-steps", "0"]))]
