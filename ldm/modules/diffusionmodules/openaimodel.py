@@ -15,6 +15,7 @@ import torch.utils.checkpoint
 from einops import rearrange
 from torch import nn
 
+from ldm.modules.diffusionmodules.position import GridPosition
 from ldm.modules.diffusionmodules.util import normalization, timestep_embedding, zero_module
 
 
@@ -184,10 +185,17 @@ class AttentionBlock(nn.Module):
     head's slice into q, k, v (`new_order` splits q, k, v first). The published code scales q and k
     by c^-1/4 each, which is SDPA's default 1/sqrt(c). Tokens are handed over with unit stride in
     the channel axis, so SDPA runs its fused kernel rather than the math fallback.
+    `position_encoding` adds each token's place in its frame (ldm.modules.diffusionmodules.position),
+    an option the published model does not have.
     """
 
     def __init__(
-        self, channels: int, num_heads: int = 1, num_head_channels: int = -1, new_order: bool = False
+        self,
+        channels: int,
+        num_heads: int = 1,
+        num_head_channels: int = -1,
+        new_order: bool = False,
+        position_encoding: bool = False,
     ):
         super().__init__()
         if num_head_channels != -1:
@@ -201,9 +209,12 @@ class AttentionBlock(nn.Module):
         self.norm = normalization(channels)
         self.qkv = nn.Conv1d(channels, channels * 3, 1)
         self.proj_out = zero_module(nn.Conv1d(channels, channels, 1))
+        self.position = GridPosition(channels) if position_encoding else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, N, C); a view when x is channels-last
+        if self.position is not None:
+            tokens = tokens + self.position(x.shape[2:], tokens.dtype)
         qkv = F.linear(tokens, self.qkv.weight.squeeze(-1), self.qkv.bias)
         q, k, v = rearrange(qkv, f"{self.split} -> three b heads n c", three=3, heads=self.num_heads)
         h = F.scaled_dot_product_attention(q, k, v)
@@ -233,7 +244,8 @@ class UNetModel(nn.Module):
     dims=2 is the LDM denoiser. dims=3 takes (B,C,T,H,W), treats frames independently except in
     GroupNorm statistics and attention (and the 3x3x3 resampling convs of `resblock_updown: false`),
     and returns (B,out_channels,H,W) after joining frames (`dim_join`: {type: conv, num: T} learns a
-    Conv3d over T before the mean; {type: pool} averages).
+    Conv3d over T before the mean; {type: pool} averages). `attention_position_encoding` (not in
+    the published model) tells every attention block where each token sits in its frame.
     """
 
     def __init__(
@@ -263,6 +275,7 @@ class UNetModel(nn.Module):
         n_embed: int | None = None,
         legacy: bool = True,
         dim_join: dict | None = None,
+        attention_position_encoding: bool = False,
     ):
         super().__init__()
         _refuse_unsupported(num_classes, use_fp16, use_spatial_transformer, context_dim, n_embed)
@@ -282,7 +295,13 @@ class UNetModel(nn.Module):
 
         def attention(ch: int, heads: int) -> AttentionBlock:
             heads, head_channels = attention_heads(ch, heads, num_head_channels, legacy)
-            return AttentionBlock(ch, heads, head_channels, new_order=use_new_attention_order)
+            return AttentionBlock(
+                ch,
+                heads,
+                head_channels,
+                new_order=use_new_attention_order,
+                position_encoding=attention_position_encoding,
+            )
 
         def resblock(ch: int, out: int, **kw) -> ResBlock:
             return ResBlock(
