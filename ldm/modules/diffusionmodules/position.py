@@ -27,8 +27,11 @@ hundredth of the tokens' size after 500 steps, and the attention as uniform as b
 
 
 @functools.lru_cache(maxsize=32)
-def grid_sinusoids(height: int, width: int, device: torch.device) -> torch.Tensor:
-    """(height*width, 4*FREQUENCIES) float32: sin and cos of each row and column index, row-major."""
+def grid_sinusoids(
+    height: int, width: int, device: torch.device, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """(height*width, 4*FREQUENCIES): sin and cos of each row and column index, row-major; cached per
+    grid, device and dtype, so sampling builds them once."""
     omegas = math.pi / 2.0 ** torch.arange(FREQUENCIES, dtype=torch.float64)
 
     def axis(length: int) -> torch.Tensor:
@@ -37,7 +40,7 @@ def grid_sinusoids(height: int, width: int, device: torch.device) -> torch.Tenso
 
     rows, cols = axis(height), axis(width)
     grid = torch.cat([rows[:, None].expand(-1, width, -1), cols[None].expand(height, -1, -1)], dim=-1)
-    return grid.reshape(height * width, -1).to(device, torch.float32)
+    return grid.reshape(height * width, -1).to(device, dtype)
 
 
 class GridPosition(nn.Module):
@@ -53,5 +56,5 @@ class GridPosition(nn.Module):
         repeat the same H x W encoding."""
         height, width = grid[-2], grid[-1]
         frames = math.prod(grid[:-2])
-        sinusoids = grid_sinusoids(height, width, self.proj.weight.device).to(self.proj.weight.dtype)
+        sinusoids = grid_sinusoids(height, width, self.proj.weight.device, self.proj.weight.dtype)
         return (self.proj(sinusoids) * GAIN).repeat(frames, 1).to(dtype)
