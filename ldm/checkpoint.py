@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 
@@ -28,6 +28,8 @@ FIRST_STAGE_PREFIX = "first_stage_model."
 CONDITIONER_PREFIX = "cond_stage_model."
 CONDITIONER_COPY_PREFIX = CONDITIONER_PREFIX + "first_stage_model."
 SAFETENSORS_SUFFIXES = (".safetensors",)
+SCALE_FACTOR_KEY = "scale_factor"
+"""Metadata key of a weights file: the latent scale factor its model was trained with."""
 MADV_DONTNEED = 4  # Linux <sys/mman.h>
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
@@ -73,6 +75,21 @@ def saved_global_step(path: str | Path | None, unsafe: bool = False) -> int:
         return 0
     ckpt = torch.load(path, map_location="cpu", weights_only=not unsafe, mmap=zipfile.is_zipfile(path))
     return int(ckpt.get("global_step", 0)) if isinstance(ckpt, Mapping) else 0
+
+
+def recorded_scale_factor(path: str | Path) -> float | None:
+    """The latent scale factor a weights file from scripts/convert_checkpoint.py records (None: none)."""
+    if Path(path).suffix not in SAFETENSORS_SUFFIXES:
+        return None
+    try:
+        with safe_open(str(path), "pt") as weights:
+            value = (weights.metadata() or {}).get(SCALE_FACTOR_KEY)
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({first_line(err)})") from None
+    try:
+        return None if value is None else float(value)
+    except ValueError:
+        raise CheckpointError(f"{path}: its {SCALE_FACTOR_KEY} metadata {value!r} is not a number") from None
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:

@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from ldm.checkpoint import (
     DENOISER_PREFIX,
     FIRST_STAGE_PREFIX,
+    SCALE_FACTOR_KEY,
     CheckpointError,
     ema_as_model_weights,
     first_stage_state,
@@ -87,6 +88,12 @@ def main(argv: list[str] | None = None) -> int:
         "model's first stage (model.params.train_decoder_only in configs/vq_f4_small.yaml)",
     )
     parser.add_argument(
+        "--scale-factor",
+        type=float,
+        help="record the latent scale factor the model was trained with (main.py's "
+        "model.params.scale_factor); loading the file then uses it instead of the config's",
+    )
+    parser.add_argument(
         "--unsafe-load", action="store_true", help="allow pickled objects (trusted files only)"
     )
     args = parser.parse_args(argv)
@@ -111,7 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.output.with_name(args.output.name + ".partial")
-    save_file(tensors, str(tmp), metadata={"format": "vidm-ema-inference", "source": args.checkpoint.name})
+    metadata = {"format": "vidm-ema-inference", "source": args.checkpoint.name}
+    if args.scale_factor is not None:
+        metadata[SCALE_FACTOR_KEY] = repr(args.scale_factor)
+    save_file(tensors, str(tmp), metadata=metadata)
     tmp.replace(args.output)
     size = sum(v.numel() * v.element_size() for v in tensors.values())
     log.info("wrote %s: %d tensors, %.1f MB", args.output, len(tensors), size / 1e6)

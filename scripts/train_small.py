@@ -10,7 +10,8 @@ main.py runs on synthetic sequences (ldm.data.synthetic), then a conversion:
      still camera (a hidden pixel is copied from the same place in a context frame), optionally with
      the camera motion ramped up in steps (--motion-ramp-fraction), then with the full head-mounted
      motion,
-  3. EMA weights + first stage → safetensors, stored in float16 (--fp32 keeps float32).
+  3. EMA weights + first stage → safetensors, stored in float16 (--fp32 keeps float32), recording
+     the latent scale factor (loading the file uses it instead of the config's).
 Each phase resumes if its run directory holds an unfinished checkpoint and is skipped when it is
 finished, so rerunning the command after an interruption continues where it stopped. Training uses
 bf16-mixed precision where the hardware computes bf16 natively (--precision auto), else fp32.
@@ -93,9 +94,8 @@ def latent_scale_factor(vq_checkpoint: Path, frames: int = 256) -> float:
     return round(1.0 / latents.std().item(), 3)
 
 
-def first_stage_overrides(last: dict[str, Path]) -> list[str]:
+def first_stage_overrides(last: dict[str, Path], scale: float) -> list[str]:
     """The VIDM phases' first stage (with the fine-tuned decoder when there is one) and latent scale."""
-    scale = latent_scale_factor(last["vq"])
     checkpoint = last.get("decoder", last["vq"])
     log.info("first stage %s: latent scale factor %.3f", checkpoint, scale)
     return [
@@ -191,16 +191,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.gpus:
         extra = ["--gpus", args.gpus, *extra]
     last: dict[str, Path] = {}
-    first_stage: list[str] = []
+    scale: float | None = None
     for phase in phases(args):
         inputs = []
         if phase.stage == "decoder":
             inputs = [f"model.params.ckpt_path={last['vq']}"]
         if phase.stage == "vidm":
-            first_stage = first_stage or first_stage_overrides(last)
-            inputs = first_stage
+            scale = scale or latent_scale_factor(last["vq"])
+            inputs = first_stage_overrides(last, scale)
         last[phase.stage] = train_phase(phase, args.logdir, [*extra, *inputs])
-    return convert([str(last["vidm"]), str(args.out), *([] if args.fp32 else ["--fp16"])])
+    recorded = ["--scale-factor", str(scale)] if scale else []
+    return convert([str(last["vidm"]), str(args.out), *recorded, *([] if args.fp32 else ["--fp16"])])
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import sys
 import pytest
 import pytorch_lightning as pl
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from ldm.checkpoint import (
     CheckpointError,
@@ -183,6 +183,24 @@ def test_converted_safetensors_give_the_same_model(reference, tmp_path):
     with torch.no_grad():
         eps = from_st.apply_model(reference["x_noisy"], reference["t"], reference["cond"])
     torch.testing.assert_close(eps, reference["eps"], rtol=1e-3, atol=1e-4)
+
+
+def test_converted_file_records_the_latent_scale_factor_that_loading_then_uses(reference, tmp_path):
+    ckpt = lightning_checkpoint(tmp_path / "m.ckpt", reference["state_dict"])
+    script = str(ROOT / "scripts" / "convert_checkpoint.py")
+    plain, scaled = tmp_path / "plain.safetensors", tmp_path / "scaled.safetensors"
+    subprocess.run([sys.executable, script, str(ckpt), str(plain)], check=True, cwd=ROOT)
+    subprocess.run(
+        [sys.executable, script, str(ckpt), str(scaled), "--scale-factor", "0.443"], check=True, cwd=ROOT
+    )
+    assert load_inference_model(reference["config"], plain).scale_factor != 0.443, "the config's factor"
+    assert load_inference_model(reference["config"], scaled).scale_factor == 0.443
+    tensors = load_file(plain)
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata={"scale_factor": "large"})
+    with pytest.raises(
+        CheckpointError, match="bad.safetensors: its scale_factor metadata 'large' is not a number"
+    ):
+        load_inference_model(reference["config"], tmp_path / "bad.safetensors")
 
 
 def test_fp16_conversion_halves_the_file(reference, tmp_path):

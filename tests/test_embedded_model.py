@@ -148,4 +148,6 @@ def test_train_small_runs_resumes_and_installs(tmp_path):
     assert f"latent scale factor {scale}" in again.stderr, "a resumed run scales its latents the same way"
     for project in (tmp_path / "logs" / "vidm").glob("*/configs/*-project.yaml"):
         assert OmegaConf.load(project).model.params.scale_factor == pytest.approx(float(scale))
+    model, _ = load_model(ModelChoice(SMALL_CONFIG, tmp_path / "model.safetensors", "trained"))
+    assert model.scale_factor == pytest.approx(float(scale)), "the installed file samples as it was trained"
     shutil.rmtree(tmp_path / "logs")

@@ -28,6 +28,7 @@ from ldm.checkpoint import (
     file_mappings,
     load_state_into,
     read_state_dict,
+    recorded_scale_factor,
     release_mapped_pages,
 )
 from ldm.inference.blending import BLENDS
@@ -301,6 +302,20 @@ def inference_config(model_config: Mapping) -> dict:
     return cfg
 
 
+def use_recorded_scale_factor(model: nn.Module, checkpoint: str | Path) -> None:
+    """Scale latents as the weights were trained to, where their file records it (it wins over the config)."""
+    recorded = recorded_scale_factor(checkpoint)
+    if recorded is None or not hasattr(model, "scale_factor") or recorded == model.scale_factor:
+        return
+    log.info(
+        "%s: latent scale factor %g, as recorded in the file (the config says %g)",
+        checkpoint,
+        recorded,
+        model.scale_factor,
+    )
+    model.scale_factor = recorded
+
+
 def load_inference_model(model_config: Mapping, checkpoint: str | Path, unsafe: bool = False) -> nn.Module:
     """Build the model from its config and give it a checkpoint's EMA weights, on the CPU.
 
@@ -321,6 +336,7 @@ def load_inference_model(model_config: Mapping, checkpoint: str | Path, unsafe: 
         state = {k: v for k, v in state.items() if not k.startswith(CONDITIONER_PREFIX)}
         allow_missing += (CONDITIONER_PREFIX,)
     load_state_into(model, state, checkpoint, allow_missing=allow_missing, assign=True)
+    use_recorded_scale_factor(model, checkpoint)
     model.register_schedule(model.num_timesteps, model.linear_start, model.linear_end)
     unloaded = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if unloaded:
