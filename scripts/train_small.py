@@ -192,16 +192,13 @@ def main(argv: list[str] | None = None) -> int:
         extra = ["--gpus", args.gpus, *extra]
     last: dict[str, Path] = {}
     scale: float | None = None
-    first_stage: list[str] = []
     for phase in phases(args):
         inputs = []
         if phase.stage == "decoder":
             inputs = [f"model.params.ckpt_path={last['vq']}"]
         if phase.stage == "vidm":
-            if scale is None:
-                scale = latent_scale_factor(last["vq"])
-                first_stage = first_stage_overrides(last, scale)
-            inputs = first_stage
+            scale = scale if scale is not None else latent_scale_factor(last["vq"])
+            inputs = first_stage_overrides(last, scale)
         last[phase.stage] = train_phase(phase, args.logdir, [*extra, *inputs])
     recorded = ["--scale-factor", str(scale)] if scale is not None else []
     return convert([str(last["vidm"]), str(args.out), *recorded, *([] if args.fp32 else ["--fp16"])])
