@@ -92,6 +92,20 @@ def recorded_scale_factor(path: str | Path) -> float | None:
         raise CheckpointError(f"{path}: its {SCALE_FACTOR_KEY} metadata {value!r} is not a number") from None
 
 
+def use_recorded_scale_factor(model: nn.Module, checkpoint: str | Path) -> None:
+    """Scale latents as the weights were trained to, where their file records it (it wins over the config)."""
+    recorded = recorded_scale_factor(checkpoint)
+    if recorded is None or not hasattr(model, "scale_factor") or recorded == model.scale_factor:
+        return
+    log.info(
+        "%s: latent scale factor %g, as recorded in the file (the config says %g)",
+        checkpoint,
+        recorded,
+        model.scale_factor,
+    )
+    model.scale_factor = recorded
+
+
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
     try:

@@ -23,7 +23,7 @@ from ldm.checkpoint import (
 from ldm.inference.model import inference_config, load_inference_model, prepare_for_inference
 from ldm.models.diffusion.latent_diffusion import LatentDiffusion
 from ldm.util import instantiate_from_config
-from tests.conftest import ROOT
+from tests.conftest import ROOT, reference_config
 
 
 class Payload:
@@ -195,6 +195,8 @@ def test_converted_file_records_the_latent_scale_factor_that_loading_then_uses(r
     )
     assert load_inference_model(reference["config"], plain).scale_factor != 0.443, "the config's factor"
     assert load_inference_model(reference["config"], scaled).scale_factor == 0.443
+    fine_tune = instantiate_from_config(reference_config(reference, ckpt_path=str(scaled)))
+    assert fine_tune.scale_factor == 0.443, "training from the file keeps the factor it was trained with"
     tensors = load_file(plain)
     save_file(tensors, str(tmp_path / "bad.safetensors"), metadata={"scale_factor": "large"})
     with pytest.raises(

@@ -28,8 +28,8 @@ from ldm.checkpoint import (
     file_mappings,
     load_state_into,
     read_state_dict,
-    recorded_scale_factor,
     release_mapped_pages,
+    use_recorded_scale_factor,
 )
 from ldm.inference.blending import BLENDS
 from ldm.models.diffusion.core import SCHEDULE_BUFFERS
@@ -300,20 +300,6 @@ def inference_config(model_config: Mapping) -> dict:
     params.pop("ckpt_path", None)
     params.get("first_stage_config", {}).get("params", {}).pop("ckpt_path", None)
     return cfg
-
-
-def use_recorded_scale_factor(model: nn.Module, checkpoint: str | Path) -> None:
-    """Scale latents as the weights were trained to, where their file records it (it wins over the config)."""
-    recorded = recorded_scale_factor(checkpoint)
-    if recorded is None or not hasattr(model, "scale_factor") or recorded == model.scale_factor:
-        return
-    log.info(
-        "%s: latent scale factor %g, as recorded in the file (the config says %g)",
-        checkpoint,
-        recorded,
-        model.scale_factor,
-    )
-    model.scale_factor = recorded
 
 
 def load_inference_model(model_config: Mapping, checkpoint: str | Path, unsafe: bool = False) -> nn.Module:

@@ -11,7 +11,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from ldm.checkpoint import load_model_weights
+from ldm.checkpoint import load_model_weights, use_recorded_scale_factor
 from ldm.models.diffusion.core import DiffusionModel
 from ldm.modules.ema import LitEma
 from ldm.util import instantiate_from_config
@@ -66,8 +66,9 @@ class DDPM(DiffusionModel, pl.LightningModule):
 
     def init_from_checkpoint(self, path: str, ignore_keys: Sequence[str] = ()) -> None:
         """Load weights (non-strict); a file without EMA weights (e.g. an inference .safetensors)
-        starts the EMA from the weights it loaded."""
+        starts the EMA from the weights it loaded, and a latent scale factor it records is used."""
         loaded = load_model_weights(self, path, strict=False, ignore_keys=ignore_keys)
+        use_recorded_scale_factor(self, path)
         if self.use_ema and not any(key.startswith("model_ema.") for key in loaded):
             self.model_ema = LitEma(self.model, decay=float(self.model_ema.decay))
 
