@@ -26,7 +26,7 @@ from ldm.inference.cli import (
 from ldm.inference.demo import demo_grid, inpaint_demo, read_demo_folder
 from ldm.inference.images import write_image_atomic
 from ldm.inference.inpainter import Inpainter, seeded_generator
-from ldm.inference.model import choose_model, load_model
+from ldm.inference.model import choose_model, load_model, working_resolution
 
 log = logging.getLogger("demo_script")
 
@@ -59,16 +59,18 @@ def demo(args: argparse.Namespace) -> None:
     device, dtype = device_and_dtype(args)
     frames, masks = read_demo_folder(args.target, args.dilation)
     choice = choose_model(args.checkpoint, args.config)
-    model, resolution = load_model(choice, device, dtype, args.unsafe_load)
+    model, trained = load_model(choice, device, dtype, args.unsafe_load)
+    resolution = working_resolution(args.resolution, choice.config, trained)(*frames.shape[1:3])
     steps = sampling_steps(args, choice.config)
     spacing = sampling_spacing(args, choice.config)
     align = context_alignment(args, choice.config)
     blend = blending(args, choice.config)
-    inpainter = Inpainter(model, dtype, steps, args.eta, spacing, align)
+    inpainter = Inpainter(model, dtype, steps, args.eta, spacing, align, tile=trained)
     log.info(
-        "sampling 4 frames at %dx%d on %s (%s), %d DDIM steps (%s)%s, %s into the masks",
+        "sampling 4 frames at %dx%d%s on %s (%s), %d DDIM steps (%s)%s, %s into the masks",
         resolution,
         resolution,
+        f" in overlapping {trained}-px tiles" if resolution > trained else "",
         device,
         str(dtype).removeprefix("torch."),
         steps,

@@ -62,7 +62,14 @@ from ldm.inference.images import (
     write_image_atomic,
 )
 from ldm.inference.inpainter import Inpainter, seeded_generator
-from ldm.inference.model import REPO_ROOT, ModelChoice, choose_model, load_model
+from ldm.inference.model import (
+    REPO_ROOT,
+    ModelChoice,
+    WorkingResolution,
+    choose_model,
+    load_model,
+    working_resolution,
+)
 from ldm.util import InputError
 
 log = logging.getLogger("evaluate")
@@ -122,7 +129,7 @@ def chunked_method(
 
 
 def model_method(
-    inpainter: Inpainter, resolution: int, batch_size: int, seed: int, mode: str, blend: str
+    inpainter: Inpainter, resolution: WorkingResolution, batch_size: int, seed: int, mode: str, blend: str
 ) -> Method:
     """A model as a method: `multi` (target + context), `single` (context = masked target) or `image` (2D model)."""
 
@@ -131,8 +138,9 @@ def model_method(
         if mode == "single":
             frames = np.repeat(frames[:, -1:], frames.shape[1], axis=1)
             masks = np.repeat(masks[:, -1:], masks.shape[1], axis=1)
+        size = resolution(*frames.shape[2:4])
         scaled = [
-            [to_model_scale(f, m, resolution) for f, m in zip(fs, ms, strict=True)]
+            [to_model_scale(f, m, size) for f, m in zip(fs, ms, strict=True)]
             for fs, ms in zip(frames, masks, strict=True)
         ]
         model_frames = np.stack([[f for f, _ in seq] for seq in scaled])
@@ -144,13 +152,14 @@ def model_method(
     return chunked_method(batch_size, mode, predict, blend)
 
 
-def autoencoder_method(inpainter: Inpainter, resolution: int, batch_size: int, blend: str) -> Method:
+def autoencoder_method(
+    inpainter: Inpainter, resolution: WorkingResolution, batch_size: int, blend: str
+) -> Method:
     """The ground truth through the first stage, resized back and put in like the model's output."""
 
     def predict(chunk: list[EvalSample], start: int) -> np.ndarray:
-        return inpainter.autoencode(
-            np.stack([to_model_scale(s.target, s.masks[-1], resolution)[0] for s in chunk])
-        )
+        size = resolution(*chunk[0].target.shape[:2])
+        return inpainter.autoencode(np.stack([to_model_scale(s.target, s.masks[-1], size)[0] for s in chunk]))
 
     return chunked_method(batch_size, "autoencoder", predict, blend)
 
@@ -161,11 +170,12 @@ def per_sample_method(fill: Callable[[EvalSample], np.ndarray]) -> Method:
 
 def build_methods(
     args: argparse.Namespace, choice: ModelChoice, spacing: str, align_context: bool, blend: str
-) -> tuple[dict[str, Method], int, str]:
-    """The methods to run, the evaluation size and a description of the model."""
+) -> tuple[dict[str, Method], int, str, WorkingResolution]:
+    """The methods to run, the evaluation size, a description of the model and the size it runs at."""
     device, dtype = device_and_dtype(args)
-    model, resolution = load_model(choice, device, dtype, args.unsafe_load)
-    inpainter = Inpainter(model, dtype, args.steps, args.eta, spacing, align_context)
+    model, trained = load_model(choice, device, dtype, args.unsafe_load)
+    inpainter = Inpainter(model, dtype, args.steps, args.eta, spacing, align_context, tile=trained)
+    resolution = working_resolution(args.resolution, choice.config, trained)
     methods: dict[str, Method] = {
         "vidm": model_method(inpainter, resolution, args.batch_size, args.seed, "multi", blend),
         "vidm_single_frame": model_method(inpainter, resolution, args.batch_size, args.seed, "single", blend),
@@ -181,7 +191,7 @@ def build_methods(
         )
         methods["ldm_inpainting_big"] = model_method(
             big_inpainter,
-            big_resolution,
+            WorkingResolution(big_resolution),
             args.batch_size,
             args.seed,
             "image",
@@ -196,7 +206,7 @@ def build_methods(
                 f"--methods: {', '.join(unknown)} not available (choose from {', '.join(methods)})"
             )
         methods = {name: methods[name] for name in args.methods}
-    return methods, args.size or resolution, choice.description
+    return methods, args.size or trained, choice.description, resolution
 
 
 def load_samples(args: argparse.Namespace, size: int) -> list[EvalSample]:
@@ -278,12 +288,20 @@ def evaluate(args: argparse.Namespace) -> None:
     spacing = sampling_spacing(args, choice.config)
     align_context = context_alignment(args, choice.config)
     blend = blending(args, choice.config)
-    methods, size, model = build_methods(args, choice, spacing, align_context, blend)
+    methods, size, model, resolution = build_methods(args, choice, spacing, align_context, blend)
     samples = load_samples(args, size)
     if not samples:
         raise InputError("no evaluation samples")
     size = samples[0].target.shape[0]
-    log.info("evaluating %s on %d %s samples at %d px", model, len(samples), args.data, size)
+    model_size = resolution(*samples[0].target.shape[:2])
+    log.info(
+        "evaluating %s on %d %s samples at %d px (the model at %d px)",
+        model,
+        len(samples),
+        args.data,
+        size,
+        model_size,
+    )
     predictions, results = {}, {}
     with torch.inference_mode():
         for name, method in methods.items():
@@ -303,6 +321,7 @@ def evaluate(args: argparse.Namespace) -> None:
             "data": args.data,
             "size": size,
             "model": model,
+            "model_resolution": model_size,
             "steps": args.steps,
             "spacing": spacing,
             "eta": args.eta,
@@ -316,7 +335,7 @@ def evaluate(args: argparse.Namespace) -> None:
     tmp.replace(args.out / "results.json")
     table = results_table(results)
     (args.out / "results.md.partial").write_text(
-        f"{len(samples)} {args.data} samples at {size} px; {model}; DDIM {args.steps} steps ({spacing}), eta {args.eta}{' (context aligned)' if align_context else ''}, {blend}\n\n{table}"
+        f"{len(samples)} {args.data} samples at {size} px; {model} at {model_size} px; DDIM {args.steps} steps ({spacing}), eta {args.eta}{' (context aligned)' if align_context else ''}, {blend}\n\n{table}"
     )
     (args.out / "results.md.partial").replace(args.out / "results.md")
     write_image_atomic(args.out / "grid.png", grid(samples, predictions))

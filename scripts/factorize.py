@@ -107,6 +107,7 @@ def run(args: argparse.Namespace) -> None:
         blend=blending(args, choice.config),
         eta=args.eta,
         seed=args.seed,
+        resolution=args.resolution,
         dtype=dtype,
         device=device,
         devices=args.devices,

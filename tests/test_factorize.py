@@ -17,6 +17,7 @@ from PIL import Image
 
 from ldm.inference.factorize import FrameStream
 from ldm.inference.jobs import FactorizeJob, context_indices, needed_frames, plan_batches, read_job_list
+from ldm.inference.model import WorkingResolution
 from tests.conftest import ROOT
 from tests.test_inference_support import (
     assert_one_error_line,
@@ -174,7 +175,9 @@ def test_stream_gives_the_right_context_and_keeps_few_frames(tmp_path):
         Image.fromarray(np.full((8, 8, 3), 4 * index, np.uint8)).save(folder / "frames" / f"{index:03d}.png")
     job = FactorizeJob.open(folder / "frames", folder / "masks", tmp_path / "out")
     todo = [list(range(0, count, 2))]  # as if every other frame were already done
-    stream = FrameStream([job], plan_batches(todo, batch), frame_skip=skip, dilation=0, resolution=8)
+    stream = FrameStream(
+        [job], plan_batches(todo, batch), frame_skip=skip, dilation=0, resolution=WorkingResolution(8)
+    )
     seen = []
     for item in stream:
         assert item["model_frames"].shape == (len(item["indices"]), 4, 8, 8, 3)

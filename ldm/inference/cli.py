@@ -89,6 +89,12 @@ def add_sampling_arguments(
         "(default: the model's, off for the released one)",
     )
     group.add_argument(
+        "--resolution",
+        type=positive_int,
+        help="short side, in pixels, that the frames are resized to for the model (default: the model's "
+        "inference.resolution, at most the frames' own; else its training size, 256 for the released one)",
+    )
+    group.add_argument(
         "--blend",
         choices=BLENDS,
         help="how the result goes into each frame's mask: paste its pixels, or Poisson-blend it (its "

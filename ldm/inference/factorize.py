@@ -35,7 +35,7 @@ from ldm.inference.jobs import (
     plan_batches,
     write_frame_layers,
 )
-from ldm.inference.model import ModelChoice, load_model
+from ldm.inference.model import ModelChoice, WorkingResolution, load_model, working_resolution
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,8 @@ class FactorizeOptions:
     blend: str = "paste"
     eta: float = 1.0
     seed: int = 0
+    resolution: int | None = None
+    """--resolution: the short side the model runs at (None: the model's default, WorkingResolution)."""
     dtype: torch.dtype = torch.float32
     devices: int = 1
     unsafe_load: bool = False
@@ -67,7 +69,8 @@ def factorize(jobs: list[FactorizeJob], choice: ModelChoice, options: FactorizeO
         for job, targets in zip(jobs, todo, strict=True):
             if targets:
                 job.check_inputs(needed_frames(targets, options.frame_skip))
-        model, resolution = load_model(choice, "cpu", options.dtype, options.unsafe_load)
+        model, trained = load_model(choice, "cpu", options.dtype, options.unsafe_load)
+        resolution = working_resolution(options.resolution, choice.config, trained)
         log.info(
             "%d of %d frames to do on %s (%s), %d device(s)",
             sum(map(len, todo)),
@@ -89,7 +92,7 @@ def factorize(jobs: list[FactorizeJob], choice: ModelChoice, options: FactorizeO
 class FrameStream(IterableDataset):
     """Yields dicts: `job`, `indices` (B), `frames` (B,H,W,3) uint8 and bool `masks` (B,H,W) at the
     input size, `model_frames` (B,4,h,w,3) and `model_masks` (B,4,h,w): context frames then target,
-    scaled so that min(h,w) is the model's resolution.
+    scaled so that min(h,w) is the size the model runs at for frames of the input's size.
 
     `peak_kept` records the most frames held at once (it must not grow with the video's length).
     """
@@ -98,7 +101,7 @@ class FrameStream(IterableDataset):
     plan: Sequence[Plan]
     frame_skip: int
     dilation: int
-    resolution: int
+    resolution: WorkingResolution
     peak_kept: int = field(default=0, init=False)
 
     def __len__(self) -> int:
@@ -116,7 +119,7 @@ class FrameStream(IterableDataset):
         full: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for index, frame in job.frames.frames(needed_frames(sorted(targets), self.frame_skip)):
             mask = mask_at_frame(read_mask(job.masks[index]), *frame.shape[:2], self.dilation)
-            scaled[index] = to_model_scale(frame, mask, self.resolution)
+            scaled[index] = to_model_scale(frame, mask, self.resolution(*frame.shape[:2]))
             if index in targets:
                 full[index] = (frame, mask)
             self.peak_kept = max(self.peak_kept, len(scaled) + len(full))
@@ -178,11 +181,17 @@ _LIGHTNING_NOISE = (
 class Factorizer(pl.LightningModule):
     """predict_step: a streamed batch → its environment frames (B,H,W,3) uint8 at the input size."""
 
-    def __init__(self, model: nn.Module, options: FactorizeOptions):
+    def __init__(self, model: nn.Module, options: FactorizeOptions, resolution: WorkingResolution):
         super().__init__()
         self.diffusion = model
         self.inpainter = Inpainter(
-            model, options.dtype, options.steps, options.eta, options.spacing, options.align_context
+            model,
+            options.dtype,
+            options.steps,
+            options.eta,
+            options.spacing,
+            options.align_context,
+            tile=resolution.trained,
         )
         self.seed = options.seed
         self.blend = options.blend
@@ -235,7 +244,11 @@ def _accelerator(device: torch.device, count: int) -> tuple[str, int | list[int]
 
 
 def predict_frames(
-    jobs: list[FactorizeJob], plan: list[Plan], model: nn.Module, resolution: int, options: FactorizeOptions
+    jobs: list[FactorizeJob],
+    plan: list[Plan],
+    model: nn.Module,
+    resolution: WorkingResolution,
+    options: FactorizeOptions,
 ) -> bool:
     """Write the layers of the planned frames, spread over `options.devices` processes (at most one per
     batch); returns whether this process is the first one (the one that goes on to assemble videos)."""
@@ -252,6 +265,6 @@ def predict_frames(
         callbacks=[FrameWriter(jobs)],
     )
     data = FrameStreamData(FrameStream(jobs, plan, options.frame_skip, options.dilation, resolution))
-    trainer.predict(Factorizer(model, options), datamodule=data, return_predictions=False)
+    trainer.predict(Factorizer(model, options, resolution), datamodule=data, return_predictions=False)
     trainer.strategy.barrier("factorize-frames-written")
     return trainer.is_global_zero

@@ -6,6 +6,13 @@ frame, the rows of a portrait one), evenly spaced and overlapping by at least R/
 still hold masked pixels are sampled. Within a tile, pixels that an earlier tile already inpainted
 count as known, so each tile continues its neighbour's content instead of meeting it at a seam.
 Context frames are cut to the same tile as their target.
+
+A model may also run at a resolution above the size it was trained at (the embedded small model:
+trained on 64-px frames, run at 128 px by default, where its first stage keeps far more detail). The
+square frames are then filled in tiles of the training size, so that the UNet sees the latent grid
+it was trained on: the tiles overlap by half, each is sampled on its own (context frames aligned on
+the whole frame first; all tiles in one batch), and the overlapping results are averaged with weights that fall linearly
+towards each tile's edges, which leaves no seams.
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ class Inpainter:
         eta: float = 1.0,
         spacing: str = "leading",
         align_context: bool = False,
+        tile: int | None = None,
     ):
         if spacing not in SPACINGS:
             raise InputError(f"--spacing {spacing}: use one of {', '.join(SPACINGS)}")
@@ -72,6 +80,8 @@ class Inpainter:
         self.eta = eta
         self.spacing = spacing
         self.align_context = align_context
+        self.tile = tile
+        """The model's training size: larger frames are filled in overlapping tiles of it (None: never)."""
 
     @property
     def device(self) -> torch.device:
@@ -87,13 +97,53 @@ class Inpainter:
     ) -> np.ndarray:
         """Frames (B,T,R,R,3) uint8 and bool masks (B,T,R,R) → decoded targets (B,R,R,3) uint8.
 
-        The result is the model's output everywhere; pasting the original back outside the mask is
-        the caller's job. With `align_context` the context frames are first warped onto their
-        target's view (ldm.data.alignment).
+        The result is the model's output everywhere (with tiles: wherever a tile was sampled, the
+        target elsewhere); pasting the original back outside the mask is the caller's job. With
+        `align_context` the context frames are first warped onto their target's view
+        (ldm.data.alignment).
         """
         if self.align_context:
             aligned = [align_to_last(f, m) for f, m in zip(frames, masks, strict=True)]
             frames, masks = np.stack([f for f, _ in aligned]), np.stack([m for _, m in aligned])
+        if self.tile is not None and frames.shape[2] > self.tile:
+            return self._sample_in_tiles(frames, masks, generator, progress)
+        return self._sample(frames, masks, generator, progress)
+
+    def _sample_in_tiles(
+        self, frames: np.ndarray, masks: np.ndarray, generator: Generators, progress: bool
+    ) -> np.ndarray:
+        """Overlapping tiles of the training size, sampled alone but in one batch, then averaged with
+        edge-falling weights."""
+        size = frames.shape[2]
+        starts = tile_starts(size, self.tile, overlap_fraction=2)
+        windows = [
+            (slice(top, top + self.tile), slice(left, left + self.tile)) for top in starts for left in starts
+        ]
+        targets = masks[:, -1]
+        tiles = [
+            (i, rows, cols)
+            for rows, cols in windows
+            for i in np.flatnonzero(targets[:, rows, cols].any(axis=(1, 2)))
+        ]
+        if not tiles:
+            return frames[:, -1].copy()
+        tile_frames = np.stack([frames[i, :, rows, cols] for i, rows, cols in tiles])
+        tile_masks = np.stack([masks[i, :, rows, cols] for i, rows, cols in tiles])
+        generators = [generator[i] for i, _, _ in tiles] if isinstance(generator, Sequence) else generator
+        filled = self._sample(tile_frames, tile_masks, generators, progress)
+        weight = tile_weights(self.tile)[..., None]
+        total = np.zeros((len(frames), size, size, 3))
+        weights = np.zeros((len(frames), size, size, 1))
+        for (i, rows, cols), fill in zip(tiles, filled, strict=True):
+            total[i, rows, cols] += fill * weight
+            weights[i, rows, cols] += weight
+        blended = np.round(total / np.maximum(weights, 1e-12)).astype(np.uint8)
+        return np.where(weights > 0, blended, frames[:, -1])
+
+    def _sample(
+        self, frames: np.ndarray, masks: np.ndarray, generator: Generators, progress: bool
+    ) -> np.ndarray:
+        """One DDIM run over the whole (already aligned) frames."""
         batch = model_batch(frames, masks, self.device)
         with precision(self.device, self.dtype):
             cond = self.model.get_learned_conditioning(batch)
@@ -118,13 +168,21 @@ class Inpainter:
             return to_uint8(self.model.decode_first_stage(latents))
 
 
-def tile_starts(length: int, size: int) -> list[int]:
-    """Start offsets of `size`-long tiles that cover [0, length), evenly spaced, overlapping enough."""
+def tile_starts(length: int, size: int, overlap_fraction: int = MIN_OVERLAP_FRACTION) -> list[int]:
+    """Start offsets of `size`-long tiles that cover [0, length), evenly spaced, overlapping by at least
+    1/overlap_fraction of their side."""
     if length <= size:
         return [0]
-    stride = size - size // MIN_OVERLAP_FRACTION
+    stride = size - size // overlap_fraction
     count = math.ceil((length - size) / stride) + 1
     return [round(i * (length - size) / (count - 1)) for i in range(count)]
+
+
+def tile_weights(size: int) -> np.ndarray:
+    """(size, size) weights for averaging overlapping tiles: highest at the centre, falling linearly
+    towards the edges but never to 0 (1/size² at a corner), so a pixel one tile alone covers keeps its value."""
+    ramp = np.minimum(np.arange(size) + 0.5, size - 0.5 - np.arange(size)) / (size / 2)
+    return np.outer(ramp, ramp)
 
 
 def _split(generator: Generators, todo: np.ndarray) -> Generators:

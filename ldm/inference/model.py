@@ -156,6 +156,50 @@ def default_blend(path: Path) -> str:
     return value
 
 
+def preferred_resolution(path: Path) -> int | None:
+    """The short side a model prefers to run at on frames larger than its training size: the config's
+    `inference.resolution` (None: the training size)."""
+    value = inference_defaults(path).get("resolution")
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise InputError(f"{path}: inference.resolution must be a positive whole number, got {value!r}")
+    return value
+
+
+def resolution_multiple(model_config: DictConfig) -> int:
+    """What a working resolution must be a multiple of: the first stage's and the UNet's downsamplings."""
+    first_stage = len(model_config.params.first_stage_config.params.ddconfig.ch_mult) - 1
+    unet = len(model_config.params.unet_config.params.channel_mult) - 1
+    return 2 ** (first_stage + unet)
+
+
+@dataclass(frozen=True)
+class WorkingResolution:
+    """For frames of (height, width): the short side the model runs at. `requested` (--resolution) as
+    given; else `preferred` (the config's `inference.resolution`), but never above the frames' own short
+    side (rounded down to a multiple of `multiple`) nor below `trained`, the training size; else `trained`."""
+
+    trained: int
+    preferred: int | None = None
+    requested: int | None = None
+    multiple: int = 1
+
+    def __call__(self, height: int, width: int) -> int:
+        if self.requested is not None:
+            return self.requested
+        if self.preferred is None:
+            return self.trained
+        fits = min(height, width) // self.multiple * self.multiple
+        return min(self.preferred, max(self.trained, fits))
+
+
+def working_resolution(requested: int | None, config: Path, trained: int) -> WorkingResolution:
+    """The model's WorkingResolution; a `requested` size must be a multiple of resolution_multiple."""
+    multiple = resolution_multiple(read_model_config(config))
+    if requested is not None and requested % multiple:
+        raise InputError(f"--resolution {requested}: this model needs a multiple of {multiple}")
+    return WorkingResolution(trained, preferred_resolution(config), requested, multiple)
+
+
 def model_resolution(model_config: DictConfig, source: Path | str = "config") -> int:
     """The pixel size the model works at: latent size x 2^(number of first-stage downsamplings)."""
     try:
