@@ -99,18 +99,26 @@ def test_frames_above_the_training_size_are_sampled_in_tiles_of_it(small_model, 
     assert np.abs(result[1].astype(int) - alone[0]).max() <= 1, "a clip's result does not depend on its batch"
 
 
-def test_overlapping_tiles_are_averaged_without_seams(small_model, monkeypatch):
+@pytest.mark.parametrize("height, width", [(64, 64), (32, 80)])
+def test_overlapping_tiles_are_averaged_without_seams(small_model, monkeypatch, height, width):
     """Each tile's fill is stood in for by one flat grey level per tile: the tiles' sum of weights
-    makes equal fills come back exactly, and unequal ones meet in ramps, not at a seam."""
-    frames, masks = masked_clip(64)
+    makes equal fills come back exactly, and unequal ones meet in ramps, not at a seam. A frame above
+    the training size is tiled along both axes, a wide one at its short side along its width."""
+    frames = np.stack([np.stack([scene(t, height, width) for t in range(4)])])
+    masks = np.zeros(frames.shape[:-1], bool)
+    masks[0, :, 8:-8, 8:-8] = True  # reaches into every tile
+    counts = []
 
     def flat(self, tile_frames, tile_masks, generator, progress):
+        counts.append(len(tile_frames))
         levels = 25 * np.arange(len(tile_frames), dtype=np.uint8)
         return np.broadcast_to(levels[:, None, None, None], (len(tile_frames), 32, 32, 3))
 
     monkeypatch.setattr(Inpainter, "_sample", flat)
     result = Inpainter(small_model, tile=32)(frames, masks)[0, ..., 0].astype(int)
-    assert result.min() >= 0 and result.max() <= 200, "each pixel lies between its tiles' levels"
+    assert counts == [9 if height == 64 else 3], "tiles at 0, 16, 32 (64 px) or 0, 24, 48 (80 px)"
+    assert result.shape == (height, width)
+    assert result.min() >= 0 and result.max() <= 25 * (counts[0] - 1), "between the tiles' levels"
     steps = max(np.abs(np.diff(result, axis=axis)).max() for axis in (0, 1))
     assert steps <= 25 / 4, "neighbouring tiles' levels differ by 25 or more; a paste would jump by that"
     monkeypatch.setattr(

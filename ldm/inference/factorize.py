@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from ldm.inference.blending import paste_back
 from ldm.inference.images import mask_at_frame, read_mask, to_model_scale
-from ldm.inference.inpainter import Inpainter, inpaint_tiles, seeded_generator
+from ldm.inference.inpainter import Inpainter, seeded_generator
 from ldm.inference.jobs import (
     CONTEXT_FRAMES,
     FactorizeJob,
@@ -201,7 +201,7 @@ class Factorizer(pl.LightningModule):
         generators = [
             seeded_generator(self.device, self.seed, batch["job"], index) for index in batch["indices"]
         ]
-        inpainted = inpaint_tiles(self.inpainter, batch["model_frames"], batch["model_masks"], generators)
+        inpainted = self.inpainter(batch["model_frames"], batch["model_masks"], generators)
         return paste_back(batch["frames"], inpainted, batch["masks"], self.blend)
 
 

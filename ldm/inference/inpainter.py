@@ -1,18 +1,14 @@
 """Sampling: frames and masks at the model's scale in, the inpainted target frames out (numpy both ways).
 
-Frames of any aspect ratio are inpainted in square tiles: the frame is scaled so that its short side
-is the model size R; R x R tiles then slide along the long side (along the columns of a landscape
-frame, the rows of a portrait one), evenly spaced and overlapping by at least R/8. Only tiles that
-still hold masked pixels are sampled. Within a tile, pixels that an earlier tile already inpainted
-count as known, so each tile continues its neighbour's content instead of meeting it at a seam.
-Context frames are cut to the same tile as their target.
-
-A model may also run at a resolution above the size it was trained at (the embedded small model:
-trained on 64-px frames, run at 128 px by default, where its first stage keeps far more detail). The
-square frames are then filled in tiles of the training size, so that the UNet sees the latent grid
-it was trained on: the tiles overlap by half, each is sampled on its own (context frames aligned on
-the whole frame first; all tiles in one batch), and the overlapping results are averaged with weights that fall linearly
-towards each tile's edges, which leaves no seams.
+The model samples square tiles of its training size (or of the frames' short side, if that is
+smaller). A frame that is not one such tile (a landscape or portrait frame, or a frame above the
+training size: the embedded small model, trained on 64-px frames, runs at 128 px by default, where
+its first stage keeps far more detail) is covered by tiles that slide along both axes, evenly
+spaced and overlapping by at least 1/8 of their side, so that the UNet always sees the latent grid
+it was trained on. Context frames are aligned on the whole frame first and cut to the same tile as
+their target; only tiles that hold masked pixels are sampled, each on its own but all in one batch,
+and the overlapping results are averaged with weights that fall linearly towards each tile's
+edges, which leaves no seams.
 """
 
 from __future__ import annotations
@@ -81,7 +77,7 @@ class Inpainter:
         self.spacing = spacing
         self.align_context = align_context
         self.tile = tile
-        """The model's training size: larger frames are filled in overlapping tiles of it (None: never)."""
+        """The model's training size, the largest tile it samples (None: the frames' short side)."""
 
     @property
     def device(self) -> torch.device:
@@ -95,29 +91,32 @@ class Inpainter:
         generator: Generators = None,
         progress: bool = False,
     ) -> np.ndarray:
-        """Frames (B,T,R,R,3) uint8 and bool masks (B,T,R,R) → decoded targets (B,R,R,3) uint8.
+        """Frames (B,T,H,W,3) uint8 and bool masks (B,T,H,W) → decoded targets (B,H,W,3) uint8.
 
-        The result is the model's output everywhere (with tiles: wherever a tile was sampled, the
-        target elsewhere); pasting the original back outside the mask is the caller's job. With
-        `align_context` the context frames are first warped onto their target's view
-        (ldm.data.alignment).
+        The result is the model's output wherever a tile was sampled (everywhere for a frame that is
+        one tile) and the target elsewhere; pasting the original back outside the mask is the
+        caller's job. With `align_context` the context frames are first warped onto their target's
+        view (ldm.data.alignment).
         """
         if self.align_context:
             aligned = [align_to_last(f, m) for f, m in zip(frames, masks, strict=True)]
             frames, masks = np.stack([f for f, _ in aligned]), np.stack([m for _, m in aligned])
-        if self.tile is not None and frames.shape[2] > self.tile:
-            return self._sample_in_tiles(frames, masks, generator, progress)
-        return self._sample(frames, masks, generator, progress)
+        height, width = frames.shape[2:4]
+        tile = min(self.tile or height, height, width)
+        if height == width == tile:
+            return self._sample(frames, masks, generator, progress)
+        return self._sample_in_tiles(frames, masks, generator, progress, tile)
 
     def _sample_in_tiles(
-        self, frames: np.ndarray, masks: np.ndarray, generator: Generators, progress: bool
+        self, frames: np.ndarray, masks: np.ndarray, generator: Generators, progress: bool, tile: int
     ) -> np.ndarray:
-        """Overlapping tiles of the training size, sampled alone but in one batch, then averaged with
+        """Overlapping tile x tile windows, sampled alone but in one batch, then averaged with
         edge-falling weights."""
-        size = frames.shape[2]
-        starts = tile_starts(size, self.tile, overlap_fraction=2)
+        height, width = frames.shape[2:4]
         windows = [
-            (slice(top, top + self.tile), slice(left, left + self.tile)) for top in starts for left in starts
+            (slice(top, top + tile), slice(left, left + tile))
+            for top in tile_starts(height, tile)
+            for left in tile_starts(width, tile)
         ]
         targets = masks[:, -1]
         tiles = [
@@ -131,9 +130,9 @@ class Inpainter:
         tile_masks = np.stack([masks[i, :, rows, cols] for i, rows, cols in tiles])
         generators = [generator[i] for i, _, _ in tiles] if isinstance(generator, Sequence) else generator
         filled = self._sample(tile_frames, tile_masks, generators, progress)
-        weight = tile_weights(self.tile)[..., None]
-        total = np.zeros((len(frames), size, size, 3))
-        weights = np.zeros((len(frames), size, size, 1))
+        weight = tile_weights(tile)[..., None]
+        total = np.zeros((len(frames), height, width, 3))
+        weights = np.zeros((len(frames), height, width, 1))
         for (i, rows, cols), fill in zip(tiles, filled, strict=True):
             total[i, rows, cols] += fill * weight
             weights[i, rows, cols] += weight
@@ -168,12 +167,11 @@ class Inpainter:
             return to_uint8(self.model.decode_first_stage(latents))
 
 
-def tile_starts(length: int, size: int, overlap_fraction: int = MIN_OVERLAP_FRACTION) -> list[int]:
-    """Start offsets of `size`-long tiles that cover [0, length), evenly spaced, overlapping by at least
-    1/overlap_fraction of their side."""
+def tile_starts(length: int, size: int) -> list[int]:
+    """Start offsets of `size`-long tiles that cover [0, length), evenly spaced, overlapping enough."""
     if length <= size:
         return [0]
-    stride = size - size // overlap_fraction
+    stride = size - size // MIN_OVERLAP_FRACTION
     count = math.ceil((length - size) / stride) + 1
     return [round(i * (length - size) / (count - 1)) for i in range(count)]
 
@@ -183,36 +181,3 @@ def tile_weights(size: int) -> np.ndarray:
     towards the edges but never to 0 (1/size² at a corner), so a pixel one tile alone covers keeps its value."""
     ramp = np.minimum(np.arange(size) + 0.5, size - 0.5 - np.arange(size)) / (size / 2)
     return np.outer(ramp, ramp)
-
-
-def _split(generator: Generators, todo: np.ndarray) -> Generators:
-    """The generators of the samples `todo` (a shared generator stays shared)."""
-    return [generator[i] for i in todo] if isinstance(generator, Sequence) else generator
-
-
-def inpaint_tiles(
-    inpainter: Inpainter,
-    frames: np.ndarray,
-    masks: np.ndarray,
-    generator: Generators = None,
-) -> np.ndarray:
-    """Frames (B,T,H,W,3) uint8 and bool masks (B,T,H,W) with min(H,W) the model size → the last
-    frames (B,H,W,3) with their masked pixels inpainted (other pixels unchanged)."""
-    height, width = frames.shape[2:4]
-    size = min(height, width)
-    target = frames[:, -1].copy()
-    remaining = masks[:, -1].copy()
-    for top in tile_starts(height, size):
-        for left in tile_starts(width, size):
-            rows, cols = slice(top, top + size), slice(left, left + size)
-            todo = np.flatnonzero(remaining[:, rows, cols].any(axis=(1, 2)))
-            if not len(todo):
-                continue
-            tile_frames = frames[todo][:, :, rows, cols].copy()
-            tile_masks = masks[todo][:, :, rows, cols].copy()
-            tile_frames[:, -1] = target[todo, rows, cols]
-            tile_masks[:, -1] = remaining[todo, rows, cols]
-            inpainted = inpainter(tile_frames, tile_masks, _split(generator, todo))
-            target[todo, rows, cols] = np.where(tile_masks[:, -1, ..., None], inpainted, tile_frames[:, -1])
-            remaining[todo, rows, cols] = False
-    return target
