@@ -75,3 +75,16 @@ def test_pull_push_conditioning_spares_the_latents_around_the_hole():
 def test_an_unknown_hole_fill_is_refused():
     with pytest.raises(ValueError, match="hole_fill 'telea': use one of black, pull_push"):
         Inpainting3d(torch.nn.Identity(), hole_fill="telea")
+
+
+def test_single_image_conditioning_is_the_one_frame_case_of_the_multi_frame_one():
+    """multi_img=False (LDM's 2D inpainting model): (B,H,W,3) and (B,H,W) in, (B,C+1,h,w) out, the
+    same numbers as one frame through the multi-frame path."""
+    model, resolution = load_model(ModelChoice(ROOT / SMALL_CONFIG, ROOT / SMALL_WEIGHTS, "small"))
+    frame = demo_frame(resolution)[:, 0]
+    mask = -torch.ones(1, resolution, resolution)
+    mask[:, 16:40, 16:40] = 1.0
+    single = Inpainting3d(model.first_stage_model, multi_img=False)({"hand_images": frame, "mask": mask})
+    multi = Inpainting3d(model.first_stage_model)({"hand_images": frame[:, None], "mask": mask[:, None]})
+    assert single.shape == (1, 4, resolution // 4, resolution // 4)
+    assert torch.equal(single, multi[:, 0])

@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 import demo_script
 import ldm.inference.inpainter as inpainter_module
@@ -22,7 +23,7 @@ from ldm.inference.model import (
     preferred_resolution,
     working_resolution,
 )
-from ldm.util import InputError
+from ldm.util import InputError, instantiate_from_config
 from scripts.evaluate import main as evaluate
 from tests.conftest import ROOT
 from tests.test_inference_support import scene, single_thread
@@ -155,3 +156,27 @@ def test_the_embedded_model_runs_at_its_preferred_resolution_on_larger_frames(tm
         argv = ["--out", str(out), "--n", "2", "--size", str(size), "--steps", "1", "--methods", "vidm"]
         assert evaluate(argv) == 0
         assert json.loads((out / "results.json").read_text())["settings"]["model_resolution"] == expected
+
+
+def tiny_2d_model() -> torch.nn.Module:
+    """LDM's 2D inpainting model (configs/ldm_inpainting_big.yaml) shrunk to a few channels, randomly
+    initialised: the released 2D weights are absent, and only the shapes matter here."""
+    config = OmegaConf.load(ROOT / "configs" / "ldm_inpainting_big.yaml").model
+    unet = config.params.unet_config.params
+    unet.update(image_size=8, model_channels=32, channel_mult=[1, 2], attention_resolutions=[2])
+    unet.update(num_res_blocks=1, num_heads=2)
+    config.params.image_size = 8
+    config.params.first_stage_config.params.ddconfig.update(ch=32, num_res_blocks=1)
+    torch.manual_seed(0)
+    return instantiate_from_config(config).eval()
+
+
+@pytest.mark.parametrize("height, width", [(32, 32), (32, 48)])
+def test_a_2d_model_fills_single_frames_whole_or_in_tiles(height, width):
+    """evaluate.py runs LDM's 2D model on the target frame alone: (B,H,W,3) frames, (B,H,W) masks."""
+    frames = np.stack([scene(0, height, width), scene(1, height, width)])
+    masks = np.zeros(frames.shape[:-1], bool)
+    masks[:, 8:24, 8:24] = True
+    with single_thread():
+        result = Inpainter(tiny_2d_model(), steps=2, tile=32)(frames, masks)
+    assert result.shape == frames.shape and result.dtype == np.uint8

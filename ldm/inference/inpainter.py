@@ -91,7 +91,8 @@ class Inpainter:
         generator: Generators = None,
         progress: bool = False,
     ) -> np.ndarray:
-        """Frames (B,T,H,W,3) uint8 and bool masks (B,T,H,W) → decoded targets (B,H,W,3) uint8.
+        """Frames (B,T,H,W,3) uint8 and bool masks (B,T,H,W) → decoded targets (B,H,W,3) uint8 (a 2D
+        model: frames (B,H,W,3) and masks (B,H,W), the targets themselves).
 
         The result is the model's output wherever a tile was sampled (everywhere for a frame that is
         one tile) and the target elsewhere; pasting the original back outside the mask is the
@@ -101,7 +102,7 @@ class Inpainter:
         if self.align_context:
             aligned = [align_to_last(f, m) for f, m in zip(frames, masks, strict=True)]
             frames, masks = np.stack([f for f, _ in aligned]), np.stack([m for _, m in aligned])
-        height, width = frames.shape[2:4]
+        height, width = frames.shape[-3:-1]
         tile = min(self.tile or height, height, width)
         if height == width == tile:
             return self._sample(frames, masks, generator, progress)
@@ -112,22 +113,22 @@ class Inpainter:
     ) -> np.ndarray:
         """Overlapping tile x tile windows, sampled alone but in one batch, then averaged with
         edge-falling weights."""
-        height, width = frames.shape[2:4]
+        height, width = frames.shape[-3:-1]
+        targets, target_masks = (frames[:, -1], masks[:, -1]) if masks.ndim == 4 else (frames, masks)
         windows = [
             (slice(top, top + tile), slice(left, left + tile))
             for top in tile_starts(height, tile)
             for left in tile_starts(width, tile)
         ]
-        targets = masks[:, -1]
         tiles = [
             (i, rows, cols)
             for rows, cols in windows
-            for i in np.flatnonzero(targets[:, rows, cols].any(axis=(1, 2)))
+            for i in np.flatnonzero(target_masks[:, rows, cols].any(axis=(1, 2)))
         ]
         if not tiles:
-            return frames[:, -1].copy()
-        tile_frames = np.stack([frames[i, :, rows, cols] for i, rows, cols in tiles])
-        tile_masks = np.stack([masks[i, :, rows, cols] for i, rows, cols in tiles])
+            return targets.copy()
+        tile_frames = np.stack([frames[i][..., rows, cols, :] for i, rows, cols in tiles])
+        tile_masks = np.stack([masks[i][..., rows, cols] for i, rows, cols in tiles])
         generators = [generator[i] for i, _, _ in tiles] if isinstance(generator, Sequence) else generator
         filled = self._sample(tile_frames, tile_masks, generators, progress)
         weight = tile_weights(tile)[..., None]
@@ -137,7 +138,7 @@ class Inpainter:
             total[i, rows, cols] += fill * weight
             weights[i, rows, cols] += weight
         blended = np.round(total / np.maximum(weights, 1e-12)).astype(np.uint8)
-        return np.where(weights > 0, blended, frames[:, -1])
+        return np.where(weights > 0, blended, targets)
 
     def _sample(
         self, frames: np.ndarray, masks: np.ndarray, generator: Generators, progress: bool

@@ -54,7 +54,11 @@ class Inpainting3d(nn.Module):
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         images, mask = batch["hand_images"], batch["mask"]
         if not self.multi_img:
-            return self.forward({"hand_images": images[:, None], "mask": mask[:, None]})[:, 0]
+            return self.encode_frames(images[:, None], mask[:, None])[:, 0]
+        return self.encode_frames(images, mask)
+
+    def encode_frames(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """hand_images (B,T,H,W,3) and mask (B,T,H,W) → (B,T,C+1,h,w)."""
         if images.dim() != 5 or mask.dim() != 4:
             raise ValueError(
                 f"Inpainting3d expects hand_images (B,T,H,W,3) and mask (B,T,H,W), "
