@@ -192,8 +192,9 @@ def test_stream_gives_the_right_context_and_keeps_few_frames(tmp_path):
 
 def test_results_do_not_depend_on_the_batch_size_or_a_resume(small, tmp_path):
     """Each frame draws its noise from its own seeded generator (per-batch seeds made a frame's result
-    depend on which frames shared its batch)."""
-    frames, masks = write_sequence(tmp_path / "seq", 5, height=32, width=32)
+    depend on which frames shared its batch), and each of its tiles from one seeded by the frame's
+    and the tile's number (the wide frames take two tiles each, batched with other frames' tiles)."""
+    frames, masks = write_sequence(tmp_path / "seq", 5, height=32, width=56)
     common = [
         "--frames",
         frames,

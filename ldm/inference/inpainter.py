@@ -6,9 +6,9 @@ training size: the embedded small model, trained on 64-px frames, runs at 128 px
 its first stage keeps far more detail) is covered by tiles that slide along both axes, evenly
 spaced and overlapping by at least 1/8 of their side, so that the UNet always sees the latent grid
 it was trained on. Context frames are aligned on the whole frame first and cut to the same tile as
-their target; only tiles that hold masked pixels are sampled, each on its own but all in one batch,
-and the overlapping results are averaged with weights that fall linearly towards each tile's
-edges, which leaves no seams.
+their target; only tiles that hold masked pixels are sampled, each on its own (as many at a time
+as the caller gave frames, which bounds the memory of one model call), and the overlapping results
+are averaged with weights that fall linearly towards each tile's edges, which leaves no seams.
 """
 
 from __future__ import annotations
@@ -111,8 +111,7 @@ class Inpainter:
     def _sample_in_tiles(
         self, frames: np.ndarray, masks: np.ndarray, generator: Generators, progress: bool, tile: int
     ) -> np.ndarray:
-        """Overlapping tile x tile windows, sampled alone but in one batch, then averaged with
-        edge-falling weights."""
+        """Overlapping tile x tile windows, each sampled alone, then averaged with edge-falling weights."""
         height, width = frames.shape[-3:-1]
         targets, target_masks = (frames[:, -1], masks[:, -1]) if masks.ndim == 4 else (frames, masks)
         windows = [
@@ -129,8 +128,19 @@ class Inpainter:
             return targets.copy()
         tile_frames = np.stack([frames[i][..., rows, cols, :] for i, rows, cols in tiles])
         tile_masks = np.stack([masks[i][..., rows, cols] for i, rows, cols in tiles])
-        generators = [generator[i] for i, _, _ in tiles] if isinstance(generator, Sequence) else generator
-        filled = self._sample(tile_frames, tile_masks, generators, progress)
+        generators = tile_generators(generator, [i for i, _, _ in tiles])
+        batch = len(frames)  # tiles go through the model as many at a time as the caller's frames
+        filled = np.concatenate(
+            [
+                self._sample(
+                    tile_frames[start : start + batch],
+                    tile_masks[start : start + batch],
+                    generators[start : start + batch] if isinstance(generators, list) else generators,
+                    progress,
+                )
+                for start in range(0, len(tiles), batch)
+            ]
+        )
         weight = tile_weights(tile)[..., None]
         total = np.zeros((len(frames), height, width, 3))
         weights = np.zeros((len(frames), height, width, 1))
@@ -175,6 +185,22 @@ def tile_starts(length: int, size: int) -> list[int]:
     stride = size - size // MIN_OVERLAP_FRACTION
     count = math.ceil((length - size) / stride) + 1
     return [round(i * (length - size) / (count - 1)) for i in range(count)]
+
+
+def tile_generators(generator: Generators, frame_of_tile: list[int]) -> Generators:
+    """Given one generator per frame, one per tile, seeded from its frame's generator's seed and the
+    tile's number within that frame: a frame's result then depends neither on the frames it was
+    batched with nor on how its tiles were batched. A shared generator (or none) stays as it is."""
+    if not isinstance(generator, Sequence):
+        return generator
+    numbers: dict[int, int] = {}
+    tile_gens = []
+    for frame in frame_of_tile:
+        numbers[frame] = numbers.get(frame, -1) + 1
+        tile_gens.append(
+            seeded_generator(generator[frame].device, generator[frame].initial_seed(), numbers[frame])
+        )
+    return tile_gens
 
 
 def tile_weights(size: int) -> np.ndarray:
