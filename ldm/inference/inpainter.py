@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from einops import rearrange
 from torch import nn
+from tqdm.auto import tqdm
 
 from ldm.data.alignment import align_to_last
 from ldm.inference.model import precision
@@ -136,9 +137,11 @@ class Inpainter:
                     tile_frames[start : start + batch],
                     tile_masks[start : start + batch],
                     generators[start : start + batch] if isinstance(generators, list) else generators,
-                    progress,
+                    progress=False,
                 )
-                for start in range(0, len(tiles), batch)
+                for start in tqdm(
+                    range(0, len(tiles), batch), desc="tiles", disable=not progress, leave=False
+                )
             ]
         )
         weight = tile_weights(tile)[..., None]
