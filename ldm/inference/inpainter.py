@@ -131,19 +131,13 @@ class Inpainter:
         tile_masks = np.stack([masks[i][..., rows, cols] for i, rows, cols in tiles])
         generators = tile_generators(generator, [i for i, _, _ in tiles])
         batch = len(frames)  # tiles go through the model as many at a time as the caller's frames
-        filled = np.concatenate(
-            [
-                self._sample(
-                    tile_frames[start : start + batch],
-                    tile_masks[start : start + batch],
-                    generators[start : start + batch] if isinstance(generators, list) else generators,
-                    progress=False,
-                )
-                for start in tqdm(
-                    range(0, len(tiles), batch), desc="tiles", disable=not progress, leave=False
-                )
-            ]
-        )
+        filled = []
+        for start in tqdm(range(0, len(tiles), batch), desc="tiles", disable=not progress, leave=False):
+            chunk = slice(start, start + batch)
+            chunk_generators = generators[chunk] if isinstance(generators, list) else generators
+            filled += list(
+                self._sample(tile_frames[chunk], tile_masks[chunk], chunk_generators, progress=False)
+            )
         weight = tile_weights(tile)[..., None]
         total = np.zeros((len(frames), height, width, 3))
         weights = np.zeros((len(frames), height, width, 1))
