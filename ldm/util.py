@@ -79,5 +79,10 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 def enable_tf32() -> None:
-    """Let float32 matmuls on CUDA use TF32 tensor cores (convolutions already do by default)."""
-    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    """Let float32 matmuls on CUDA use TF32 tensor cores (convolutions already do by default).
+
+    Through `torch.set_float32_matmul_precision`, the API Lightning reads back: setting the newer
+    `torch.backends.cuda.matmul.fp32_precision` instead makes Lightning's check of an Ampere-or-newer
+    GPU raise ("mix of the legacy and new APIs"), so no run could start there.
+    """
+    torch.set_float32_matmul_precision("high")
