@@ -31,16 +31,19 @@ def grid_sinusoids(
     height: int, width: int, device: torch.device, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
     """(height*width, 4*FREQUENCIES): sin and cos of each row and column index, row-major; cached per
-    grid, device and dtype, so sampling builds them once."""
-    omegas = math.pi / 2.0 ** torch.arange(FREQUENCIES, dtype=torch.float64)
+    grid, device and dtype, so sampling builds them once. Always a normal tensor, even when first asked
+    for under `torch.inference_mode` (an inference tensor in the cache would break every later training
+    step that saves it for backward)."""
 
     def axis(length: int) -> torch.Tensor:
+        omegas = math.pi / 2.0 ** torch.arange(FREQUENCIES, dtype=torch.float64)
         angles = torch.arange(length, dtype=torch.float64)[:, None] * omegas
         return torch.cat([angles.sin(), angles.cos()], dim=1)
 
-    rows, cols = axis(height), axis(width)
-    grid = torch.cat([rows[:, None].expand(-1, width, -1), cols[None].expand(height, -1, -1)], dim=-1)
-    return grid.reshape(height * width, -1).to(device, dtype)
+    with torch.inference_mode(False):
+        rows, cols = axis(height), axis(width)
+        grid = torch.cat([rows[:, None].expand(-1, width, -1), cols[None].expand(height, -1, -1)], dim=-1)
+        return grid.reshape(height * width, -1).to(device, dtype)
 
 
 class GridPosition(nn.Module):
