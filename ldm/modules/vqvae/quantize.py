@@ -29,13 +29,13 @@ class VectorQuantizer(nn.Module):
         """How often each code was chosen in training since the last restart (None: not counted yet)."""
 
     def nearest_indices(self, z: torch.Tensor) -> torch.Tensor:
-        """Codebook index of every vector of (B,C,H,W) → (B,H,W)."""
+        """Codebook index of every vector of (B,C,H,W) → (B,H,W): the nearest entry in Euclidean distance."""
         flat = rearrange(z, "b c h w -> (b h w) c").float()
         codebook = self.embedding.weight.float()
-        with torch.autocast(z.device.type, enabled=False):  # distances in float32 in every dtype
-            distances = (
-                flat.pow(2).sum(1, keepdim=True) + codebook.pow(2).sum(1)[None] - 2 * flat @ codebook.t()
-            )
+        with torch.no_grad(), torch.autocast(z.device.type, enabled=False):
+            # Exact float32 differences, not |z|^2 + |e|^2 - 2 z.e: that form cancels badly and runs
+            # its matmul in TF32 on a GPU where TF32 is on, either of which can pick the wrong code.
+            distances = torch.cdist(flat, codebook, compute_mode="donot_use_mm_for_euclid_dist")
         return distances.argmin(dim=1).reshape(z.shape[0], *z.shape[2:])
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
