@@ -2,8 +2,8 @@
 preprocessed by the data scripts): a fresh run's log layout, resuming it, and a 2-process CPU DDP run.
 
 Each run is its own subprocess (two DDP fits in one process would collide on the port). The runs
-are short: 2 training batches per epoch, 1 validation batch, images every 2 steps with 1 sample
-and 2 DDIM steps.
+are the short ones of scripts/gpu_smoke.py (SHORT_RUN): 2 training batches per epoch, 1 validation
+batch, images every 2 steps with 1 sample and 2 DDIM steps.
 """
 
 from __future__ import annotations
@@ -19,22 +19,11 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from scripts.gpu_smoke import FIRST_STAGE_SHORT_RUN, SHORT_RUN
 from tests.conftest import ROOT
 from tests.data_fixture import shared_fixture_data
 
 TINY = ROOT / "configs" / "inpaint_4frame_tiny.yaml"
-SHORT_RUN = [
-    "data.params.batch_size=2",
-    "data.params.num_workers=0",
-    "lightning.trainer.limit_train_batches=2",
-    "lightning.trainer.limit_val_batches=1",
-    "lightning.trainer.num_sanity_val_steps=0",
-    "lightning.trainer.log_every_n_steps=1",
-    "lightning.trainer.enable_progress_bar=false",
-    "lightning.callbacks.image_logger.params.batch_frequency=2",
-    "lightning.callbacks.image_logger.params.max_images=1",
-    "model.params.log_config.params.ddim_steps=2",
-]
 IMAGE_KEYS = ("inputs", "mask", "target", "reconstruction", "samples")
 
 
@@ -162,9 +151,54 @@ def test_cpu_ddp_with_two_processes(tmp_path, data_env):
         "lightning.trainer.accelerator=cpu",
         "lightning.trainer.devices=2",
         "lightning.trainer.strategy=ddp",
+        *rank_state(tmp_path / "ranks"),
     ]
-    run = fresh_run(tmp_path, "ddp", data_env, "lightning.trainer.max_steps=2", *ddp)
+    run = fresh_run(tmp_path / "logs", "ddp", data_env, "lightning.trainer.max_steps=2", *ddp)
     last = load_checkpoint(run / "checkpoints" / "last.ckpt")
     assert last["global_step"] == 2 and int(last["state_dict"]["model_ema.num_updates"]) == 2
     (state,) = [v for k, v in last["callbacks"].items() if k.startswith("ModelCheckpoint")]
     assert Path(state["best_model_path"]).is_file()
+    ranks = [torch.load(tmp_path / "ranks" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    # DDP does not broadcast the EMA buffers before each step; each process updates them the same way.
+    assert ranks[0]["settings"] == {
+        "broadcast_buffers": False,
+        "find_unused_parameters": False,
+        "gradient_as_bucket_view": True,
+    }
+    ema = [{k: v for k, v in rank["buffers"].items() if k.startswith("model_ema.")} for rank in ranks]
+    assert ema[0].keys() == ema[1].keys() and len(ema[0]) > 2
+    for name, value in ema[0].items():
+        torch.testing.assert_close(ema[1][name], value, rtol=0, atol=0, msg=name)
+    for name, value in ema[0].items():
+        torch.testing.assert_close(last["state_dict"][name], value, rtol=0, atol=0, msg=name)
+
+
+def rank_state(out: Path) -> list[str]:
+    """Overrides that add tests.ddp_probe.RankState, which saves each process's buffers into `out`."""
+    return [
+        "lightning.callbacks.rank_state.target=tests.ddp_probe.RankState",
+        f"lightning.callbacks.rank_state.params.out={out}",
+    ]
+
+
+def test_first_stage_trains_under_ddp_while_its_codebook_waits(tmp_path):
+    """configs/vq_f4_small.yaml starts its codebook at step 300: until then the codebook gets no
+    gradient, which DDP must be told to expect."""
+    main_py(
+        "--base",
+        str(ROOT / "configs" / "vq_f4_small.yaml"),
+        "-t",
+        "--no-test",
+        "--logdir",
+        str(tmp_path),
+        "lightning.trainer.accelerator=cpu",
+        "lightning.trainer.devices=2",
+        "lightning.trainer.strategy=ddp",
+        *FIRST_STAGE_SHORT_RUN,
+        *rank_state(tmp_path / "ranks"),
+        env={},
+    )
+    (run,) = [path for path in tmp_path.iterdir() if path.name != "ranks"]
+    assert load_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 2
+    ranks = [torch.load(tmp_path / "ranks" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert ranks[0]["settings"]["find_unused_parameters"] is True

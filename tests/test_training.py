@@ -366,7 +366,9 @@ def scheduled_tiny_model(max_decay_steps: int, learning_rate: float) -> pl.Light
 def test_a_resumed_run_follows_the_configured_schedule_from_the_saved_step(tmp_path):
     """Resuming with a longer schedule and another rate (overridden on the command line) stretches the
     decay from the saved step on, at the new rate; the checkpoint's own settings do not come back."""
-    first = quiet_trainer(max_steps=3, limit_val_batches=0, enable_checkpointing=True)
+    first = quiet_trainer(
+        max_steps=3, limit_val_batches=0, enable_checkpointing=True, default_root_dir=tmp_path
+    )
     first.callbacks.append(LastCheckpoint(str(tmp_path), every_n_train_steps=0))
     first.fit(scheduled_tiny_model(max_decay_steps=4, learning_rate=1e-3), batch_loader(synthetic_batch(), 3))
     record = RecordLearningRate()
@@ -396,7 +398,13 @@ def test_a_resumed_run_draws_new_batches_instead_of_replaying_its_first(tmp_path
     fresh, resumed = RecordBatches(), RecordBatches()
     model = tiny_model()
     pl.seed_everything(run_seed(23, 0), verbose=False)
-    first = quiet_trainer(max_steps=3, limit_val_batches=0, enable_checkpointing=True, callbacks=[fresh])
+    first = quiet_trainer(
+        max_steps=3,
+        limit_val_batches=0,
+        enable_checkpointing=True,
+        callbacks=[fresh],
+        default_root_dir=tmp_path,
+    )
     first.callbacks.append(LastCheckpoint(str(tmp_path), every_n_train_steps=0))
     first.fit(model, DataLoader(batches, batch_size=None, shuffle=True))
     step = saved_global_step(tmp_path / "last.ckpt")

@@ -46,6 +46,12 @@ class VQModel(VQFirstStage, pl.LightningModule):
             for module in (self.encoder, self.quant_conv, self.quantize):
                 module.requires_grad_(False)
 
+    @property
+    def leaves_parameters_unused(self) -> bool:
+        """Whether some steps leave trainable parameters out of the loss (the codebook, before
+        `quantize_from_step`): multi-process (DDP) training must then look for them."""
+        return self.quantize_from_step > 0 and not self.train_decoder_only
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Reconstruction through the quantiser, and the codebook loss."""
         quant, codebook_loss, _ = self.quantize(self.encode(x))

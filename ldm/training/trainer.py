@@ -18,12 +18,14 @@ import numpy as np
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.strategies import DDPStrategy, StrategyRegistry
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.utilities.model_helpers import is_overridden
 
 from ldm.checkpoint import CheckpointError, load_state_into, read_state_dict, saved_global_step
 from ldm.training.callbacks import SetupCallback
+from ldm.training.checkpoint_io import MappedCheckpointIO
 from ldm.training.cli import build_parser, explicit_flag_values
 from ldm.training.runs import TIMESTAMP_FORMAT, RunPaths, merged_node, prepare_run
 from ldm.util import ConfigError, InputError, enable_tf32, first_line, instantiate_from_config
@@ -41,20 +43,51 @@ def parse_gpus(text: str) -> list[int] | int:
     return [int(item) for item in items]
 
 
+def several_processes(devices: Any, num_nodes: Any = 1) -> bool:
+    """Whether Trainer(devices=..., num_nodes=...) runs more than one process (-1: every GPU)."""
+    if int(num_nodes) > 1 or devices in (-1, "-1"):
+        return True
+    if isinstance(devices, str):
+        devices = int(devices) if devices.strip().isdigit() else [d for d in devices.split(",") if d.strip()]
+    return len(devices) > 1 if isinstance(devices, list | tuple) else isinstance(devices, int) and devices > 1
+
+
 def trainer_arguments(trainer_config: DictConfig, gpus: str | None, default_root_dir: Path) -> dict[str, Any]:
-    """Trainer kwargs: CPU unless --gpus; lightning.trainer.* from the config adds or overrides."""
+    """Trainer kwargs: CPU unless --gpus; lightning.trainer.* from the config adds or overrides. More
+    than one process means DDP unless the config names another strategy."""
     kwargs: dict[str, Any] = {"accelerator": "cpu", "devices": 1, "default_root_dir": str(default_root_dir)}
     kwargs.update(OmegaConf.to_container(trainer_config, resolve=True))
     if gpus is not None:
-        devices = parse_gpus(gpus)
-        several = devices == -1 or len(devices) > 1 or int(kwargs.get("num_nodes", 1)) > 1
-        kwargs.update(accelerator="gpu", devices=devices)
-        kwargs.setdefault("strategy", "ddp" if several else "auto")
+        kwargs.update(accelerator="gpu", devices=parse_gpus(gpus))
+        kwargs.setdefault("strategy", "auto")
+    if kwargs.get("strategy", "auto") == "auto" and several_processes(
+        kwargs["devices"], kwargs.get("num_nodes", 1)
+    ):
+        kwargs["strategy"] = "ddp"
     accepted = inspect.signature(pl.Trainer.__init__).parameters
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
         raise InputError(f"lightning.trainer.{unknown[0]}: not an argument of pytorch_lightning.Trainer")
     return kwargs
+
+
+def ddp_strategy(name: Any, find_unused_parameters: bool = False) -> Any:
+    """A DDP strategy name ('ddp', 'ddp_find_unused_parameters_true', ...) as the DDPStrategy it names,
+    with buffers left alone and gradients kept in DDP's buckets; any other strategy as it is.
+
+    DDP would otherwise broadcast every buffer from rank 0 before each step: the EMA weights are
+    buffers (as large as the denoiser), and every rank already updates them identically from the
+    synchronised weights. `find_unused_parameters` is for models that leave some trainable
+    parameters out of a step's loss (a VQ codebook before quantisation starts).
+    """
+    if not isinstance(name, str) or name not in StrategyRegistry:
+        return name
+    entry = StrategyRegistry[name]
+    if not issubclass(entry["strategy"], DDPStrategy):
+        return name
+    params = dict(entry["init_params"])
+    params["find_unused_parameters"] = params.get("find_unused_parameters", False) or find_unused_parameters
+    return entry["strategy"](**params, broadcast_buffers=False, gradient_as_bucket_view=True)
 
 
 def scaled_learning_rate(
@@ -166,16 +199,20 @@ def build_data(config: DictConfig, stage: str) -> pl.LightningDataModule:
 
 
 def build_trainer(
-    opt: argparse.Namespace, paths: RunPaths, setup: SetupCallback, monitor: str | None
+    opt: argparse.Namespace, paths: RunPaths, setup: SetupCallback, model: pl.LightningModule
 ) -> pl.Trainer:
     lightning_config = setup.lightning_config
     try:
+        kwargs = trainer_arguments(
+            lightning_config.get("trainer") or OmegaConf.create(), opt.gpus, paths.logdir
+        )
+        unused = bool(getattr(model, "leaves_parameters_unused", False))
+        kwargs["strategy"] = ddp_strategy(kwargs.get("strategy", "auto"), unused)
+        kwargs.setdefault("plugins", [MappedCheckpointIO()])
         return pl.Trainer(
-            **trainer_arguments(
-                lightning_config.get("trainer") or OmegaConf.create(), opt.gpus, paths.logdir
-            ),
+            **kwargs,
             logger=build_logger(lightning_config, paths),
-            callbacks=build_callbacks(lightning_config, paths, monitor, setup),
+            callbacks=build_callbacks(lightning_config, paths, getattr(model, "monitor", None), setup),
         )
     except (MisconfigurationException, ValueError) as err:
         raise InputError(f"lightning config: {first_line(err)}") from None
@@ -197,7 +234,7 @@ def run(opt: argparse.Namespace, overrides: list[str]) -> None:
     model = build_model(config, paths, unsafe=opt.unsafe_load)
     data = build_data(config, "fit" if opt.train else "test")
     setup = SetupCallback(paths, now, config, lightning_config)
-    trainer = build_trainer(opt, paths, setup, getattr(model, "monitor", None))
+    trainer = build_trainer(opt, paths, setup, model)
     seed = run_seed(opt.seed, saved_global_step(paths.resume_checkpoint, opt.unsafe_load))
     pl.seed_everything(seed + trainer.global_rank, verbose=False)  # distinct noise per process
     data.shuffle_seed = seed  # one shuffle shared by all processes
