@@ -33,6 +33,7 @@ from ldm.inference.jobs import (
     context_indices,
     needed_frames,
     plan_batches,
+    process_share,
     write_frame_layers,
 )
 from ldm.inference.model import ModelChoice, WorkingResolution, load_model, working_resolution
@@ -156,14 +157,14 @@ def as_is(batch: dict[str, Any]) -> dict[str, Any]:
 
 
 class FrameStreamData(pl.LightningDataModule):
-    """Hands each process (device) every world_size-th batch of the stream's plan."""
+    """Hands each process (device) its consecutive share of the stream's plan (process_share)."""
 
     def __init__(self, stream: FrameStream):
         super().__init__()
         self.stream = stream
 
     def predict_dataloader(self) -> DataLoader:
-        share = self.stream.plan[self.trainer.global_rank :: self.trainer.world_size]
+        share = process_share(self.stream.plan, self.trainer.global_rank, self.trainer.world_size)
         return DataLoader(replace(self.stream, plan=share), batch_size=None, collate_fn=as_is)
 
 

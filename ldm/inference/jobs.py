@@ -54,6 +54,13 @@ def plan_batches(todo: Sequence[list[int]], batch_size: int) -> list[Plan]:
     ]
 
 
+def process_share(plan: Sequence[Plan], rank: int, processes: int) -> list[Plan]:
+    """The rank-th of `processes` consecutive, nearly equal parts of the plan. Consecutive, so that a
+    process decodes a video only up to the end of its own part of it (a video is read from its start),
+    and a list of videos is mostly shared out whole."""
+    return list(plan[rank * len(plan) // processes : (rank + 1) * len(plan) // processes])
+
+
 @dataclass
 class FactorizeJob:
     frames: FrameFolder | VideoFile
