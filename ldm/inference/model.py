@@ -34,7 +34,7 @@ from ldm.checkpoint import (
 from ldm.inference.blending import BLENDS
 from ldm.models.diffusion.core import SCHEDULE_BUFFERS
 from ldm.models.diffusion.ddim import SPACINGS
-from ldm.modules.diffusionmodules.openaimodel import channels_last
+from ldm.modules.diffusionmodules.openaimodel import in_device_layout
 from ldm.util import (
     ConfigError,
     InputError,
@@ -281,15 +281,15 @@ def precision(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCo
 
 def prepare_for_inference(model: nn.Module, device: torch.device | str, dtype: torch.dtype) -> nn.Module:
     """`model` in eval mode on `device`, weights stored in `dtype` once (so autocast never casts them
-    per call) except normalisation layers, which keep float32; conv weights channels-last, the
-    layout the UNet runs in. Buffers such as the diffusion schedule stay float32. A weight copied out
+    per call) except normalisation layers, which keep float32; conv weights in the layout the UNet
+    runs in on `device` (in_device_layout). Buffers such as the diffusion schedule stay float32. A weight copied out
     of a memory-mapped checkpoint gives its pages back, so loading peaks near the bytes kept."""
     mappings = file_mappings()
     for module in model.modules():
         for param in module.parameters(recurse=False):
             source = param.data
             data = source.to(device=device, dtype=torch.float32 if isinstance(module, _NORMS) else dtype)
-            param.data = channels_last(data) if data.dim() in (4, 5) else data
+            param.data = in_device_layout(data) if data.dim() in (4, 5) else data
             if param.data.data_ptr() != source.data_ptr():
                 release_mapped_pages(source, mappings)
     return model.requires_grad_(False).eval().to(device)

@@ -55,6 +55,18 @@ def channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last_3d if x.dim() == 5 else torch.channels_last)
 
 
+CHANNELS_LAST_DEVICES = {"cpu", "cuda"}
+"""Device types on which the UNet keeps activations and convolution weights channels-last: oneDNN's
+and cuDNN's fast convolutions take that layout, and a frame-wise convolution of it needs no copy.
+CUDA's GroupNorm has no channels-last kernel and copies its input to the default layout, so on a GPU
+the other layout may win: scripts/gpu_smoke.py times both."""
+
+
+def in_device_layout(x: torch.Tensor) -> torch.Tensor:
+    """x in the layout the UNet runs in on its device (CHANNELS_LAST_DEVICES), else contiguous."""
+    return channels_last(x) if x.device.type in CHANNELS_LAST_DEVICES else x.contiguous()
+
+
 def halve_hw(x: torch.Tensor) -> torch.Tensor:
     """Average-pool H and W by 2 (frames untouched)."""
     if x.dim() == 4:
@@ -375,7 +387,7 @@ class UNetModel(nn.Module):
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(self.dtype))
-        h, skips = channels_last(x.to(self.dtype)), []
+        h, skips = in_device_layout(x.to(self.dtype)), []
         for block in self.input_blocks:
             h = self._run(block, h, emb)
             skips.append(h)
@@ -386,10 +398,10 @@ class UNetModel(nn.Module):
 
     def _run(self, block: nn.Module, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """One block, activation-checkpointed with `use_checkpoint` in training; the result is kept
-        channels-last (oneDNN returns a contiguous result for a few-channel batch-1 input)."""
+        in the device's layout (oneDNN returns a contiguous result for a few-channel batch-1 input)."""
         if self.use_checkpoint and self.training and torch.is_grad_enabled():
-            return channels_last(torch.utils.checkpoint.checkpoint(block, h, emb, use_reentrant=False))
-        return channels_last(block(h, emb))
+            return in_device_layout(torch.utils.checkpoint.checkpoint(block, h, emb, use_reentrant=False))
+        return in_device_layout(block(h, emb))
 
 
 def _refuse_unsupported(
