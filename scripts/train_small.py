@@ -33,6 +33,7 @@ from omegaconf import OmegaConf
 from ldm.data.synthetic import SyntheticFrames
 from ldm.data.synthetic_scenes import find_wallpapers, wallpaper_roots
 from ldm.inference.model import native_bf16
+from ldm.training.trainer import parse_gpus
 from ldm.util import instantiate_from_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,9 +134,14 @@ def train_phase(phase: Phase, logdir: Path, extra: list[str]) -> Path:
 
 
 def precision(choice: str, gpus: str | None) -> str:
+    """Lightning's precision for --precision: auto is bf16-mixed where the first device used (the
+    CPU, or the first of --gpus; GPU 0 for -1, every GPU) computes bf16 natively, else 32-true."""
     if choice != "auto":
         return choice
-    device = torch.device("cuda", int(gpus.split(",")[0])) if gpus else torch.device("cpu")
+    device = torch.device("cpu")
+    if gpus:
+        indices = parse_gpus(gpus)
+        device = torch.device("cuda", 0 if indices == -1 else indices[0])
     return "bf16-mixed" if native_bf16(device) else "32-true"
 
 
