@@ -27,7 +27,7 @@ pytorch-lightning 2.6.6, einops, h5py, imageio, OpenCV, Pillow, safetensors, sci
 the wheels of omegaconf and imageio-ffmpeg, downloaded here with
 
     pip download --dest wheels --only-binary=:all: --no-deps --python-version 3.12 \\
-        --platform manylinux2014_x86_64 omegaconf==2.4.0 imageio-ffmpeg==0.8.1
+        --platform manylinux_2_28_x86_64 omegaconf==2.4.0 imageio-ffmpeg==0.8.1
 
 and installed there with `pip install --no-index --find-links wheels omegaconf imageio-ffmpeg` and
 `pip install --no-deps -e .` (tensorboard is optional: training logs to CSV without it).
