@@ -24,10 +24,11 @@ line) and the others still run. The exit status is 1 if any check failed.
 
 To carry to a GPU machine without network that has Python 3.12 with torch 2.11+cu130,
 pytorch-lightning 2.6.6, einops, h5py, imageio, OpenCV, Pillow, safetensors, scikit-image and tqdm:
-the wheels of omegaconf and imageio-ffmpeg, downloaded here with
+the wheels of omegaconf (0.3 MB) and imageio-ffmpeg (0.6.0, the oldest the project supports, is
+29 MB; later ones are over 60 MB), downloaded here with
 
-    pip download --dest wheels --only-binary=:all: --no-deps --python-version 3.12 \\
-        --platform manylinux_2_28_x86_64 omegaconf==2.4.0 imageio-ffmpeg==0.8.1
+    pip download --dest wheels --only-binary=:all: --no-deps --python-version 3.12 \
+        --platform manylinux2014_x86_64 omegaconf==2.4.0 imageio-ffmpeg==0.6.0
 
 and installed there with `pip install --no-index --find-links wheels omegaconf imageio-ffmpeg` and
 `pip install --no-deps -e .` (tensorboard is optional: training logs to CSV without it).
