@@ -1,4 +1,4 @@
-"""scripts/benchmark.py counts every FLOP of a UNet step, attention included, on the CPU too."""
+"""The benchmarks count every FLOP of a UNet step, attention included, on the CPU too."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks.common import flop_counter  # noqa: E402
 from ldm.modules.diffusionmodules.openaimodel import UNetModel  # noqa: E402
-from scripts.benchmark import flop_counter  # noqa: E402
 
 
 def test_flop_count_of_a_cpu_unet_step_includes_its_attention():

@@ -1,0 +1,64 @@
+#!/usr/bin/env python
+"""The published implementation's UNet forward, from a checkout of its repository
+(github.com/MatthewChang/agent_inpainting), on the same config, inputs and device as unet.py: the
+baseline this project's speed is compared with, measured in the same run.
+
+Its package is also called `ldm`, so this runs in a process of its own that imports `ldm` from the
+checkout. It has no bf16 path of its own: bf16 runs its float32 weights under autocast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import ROOT, flop_counter, random_weights, timed, worker_main  # noqa: E402
+
+
+def published_unet(checkout: Path, config: str) -> torch.nn.Module:
+    """The checkout's UNetModel built from `config`'s unet_config."""
+    if not (checkout / "ldm" / "modules" / "diffusionmodules" / "openaimodel.py").is_file():
+        raise SystemExit(f"{checkout}: not a checkout of the published repository (no ldm/modules/...)")
+    # This repository's `ldm` is a regular package and would win over the checkout's (a namespace one).
+    sys.path[:] = [str(checkout), *(p for p in sys.path if Path(p or ".").resolve() != ROOT)]
+    module = importlib.import_module("ldm.modules.diffusionmodules.openaimodel")
+    if not str(Path(module.__file__).resolve()).startswith(str(checkout.resolve())):
+        raise SystemExit(f"imported {module.__file__}, not the checkout's openaimodel.py")
+    params = OmegaConf.to_container(OmegaConf.load(ROOT / config).model.params.unet_config.params)
+    return module.UNetModel(**params)
+
+
+def measure(published: str, config: str, batch: int, device: str, dtype: str, repeats: int) -> dict:
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    unet = random_weights(published_unet(Path(published), config)).eval().to(dev)
+    cfg = OmegaConf.load(ROOT / config).model.params.unet_config.params
+    size, frames = int(cfg.image_size), int(cfg.get("dim_join", {}).get("num", 4))
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, cfg.in_channels, frames, size, size, generator=generator).to(dev)
+    t = torch.randint(0, 1000, (batch,), generator=generator).to(dev)
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext()
+    with torch.no_grad(), autocast:
+        with flop_counter() as counter:
+            unet(x, t)
+        seconds = timed(lambda: unet(x, t), repeats, dev)
+    return {
+        "code": "published",
+        "config": config,
+        "batch": batch,
+        "device": device,
+        "dtype": dtype,
+        "seconds": statistics.median(seconds),
+        "tflop": counter.get_total_flops() / 1e12,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main(measure))
