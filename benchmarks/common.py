@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,6 +79,32 @@ def random_weights(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
             if not param.any():
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
     return module
+
+
+def unet_inputs(config: str, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded noisy latent with its conditioning, (B,C,T,h,w) or (B,C,h,w), and timesteps for the
+    UNet of `config`."""
+    p = OmegaConf.load(ROOT / config).model.params.unet_config.params
+    size, frames = int(p.image_size), int(p.get("dim_join", {}).get("num", 4))
+    shape = (batch, p.in_channels, frames, size, size) if p.dims == 3 else (batch, p.in_channels, size, size)
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(shape, generator=generator).to(device)
+    return x, torch.randint(0, 1000, (batch,), generator=generator).to(device)
+
+
+def forward_row(
+    code: str, config: str, batch: int, device: str, dtype: str, seconds: list[float], flop: float
+) -> dict:
+    """One UNet forward measurement: which code, the case, the median seconds and the TFLOPs counted."""
+    return {
+        "code": code,
+        "config": config,
+        "batch": batch,
+        "device": device,
+        "dtype": dtype,
+        "seconds": statistics.median(seconds),
+        "tflop": flop / 1e12,
+    }
 
 
 def run_worker(workload: str, **kwargs: Any) -> dict:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import statistics
 import sys
 from pathlib import Path
 
@@ -19,7 +18,15 @@ import torch
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import ROOT, flop_counter, random_weights, timed, worker_main  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    ROOT,
+    flop_counter,
+    forward_row,
+    random_weights,
+    timed,
+    unet_inputs,
+    worker_main,
+)
 
 
 def published_unet(checkout: Path, config: str) -> torch.nn.Module:
@@ -39,25 +46,13 @@ def measure(published: str, config: str, batch: int, device: str, dtype: str, re
     dev = torch.device(device)
     torch.manual_seed(0)
     unet = random_weights(published_unet(Path(published), config)).eval().to(dev)
-    cfg = OmegaConf.load(ROOT / config).model.params.unet_config.params
-    size, frames = int(cfg.image_size), int(cfg.get("dim_join", {}).get("num", 4))
-    generator = torch.Generator().manual_seed(1)
-    x = torch.randn(batch, cfg.in_channels, frames, size, size, generator=generator).to(dev)
-    t = torch.randint(0, 1000, (batch,), generator=generator).to(dev)
+    x, t = unet_inputs(config, batch, dev)
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext()
     with torch.no_grad(), autocast:
         with flop_counter() as counter:
             unet(x, t)
         seconds = timed(lambda: unet(x, t), repeats, dev)
-    return {
-        "code": "published",
-        "config": config,
-        "batch": batch,
-        "device": device,
-        "dtype": dtype,
-        "seconds": statistics.median(seconds),
-        "tflop": counter.get_total_flops() / 1e12,
-    }
+    return forward_row("published", config, batch, device, dtype, seconds, counter.get_total_flops())
 
 
 if __name__ == "__main__":
