@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 import demo_script
@@ -19,7 +22,7 @@ from ldm.evaluation.metrics import psnr
 from ldm.inference.inpainter import Inpainter
 from ldm.inference.model import SMALL_CONFIG, SMALL_WEIGHTS, ModelChoice, choose_model, load_model
 from tests.conftest import ROOT
-from tests.test_inference_support import single_thread
+from tests.test_inference_support import assert_one_error_line, single_thread
 
 sys.path.insert(0, str(ROOT))
 from scripts.make_demo_data import write_demo  # noqa: E402
@@ -119,16 +122,38 @@ def test_train_small_trains_the_decoder_alone_after_the_first_stage_unless_told_
     assert skipped[:2] == ["vq", "vq"] and "decoder" not in skipped
 
 
+def test_train_small_refuses_to_start_without_the_wallpapers_unless_told(tmp_path):
+    """One error line and nothing written where the wallpapers are missing; --no-wallpapers trains on
+    the scikit-image pictures and tabletop scenes alone, and the decoder and VIDM phases say so."""
+    env = {**os.environ, "VIDM_WALLPAPERS": str(tmp_path)}
+    command = [sys.executable, str(ROOT / "scripts" / "train_small.py"), "--logdir", str(tmp_path / "logs")]
+    refused = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 1
+    assert_one_error_line(refused.stderr, f"no wallpapers found in {tmp_path}", "--no-wallpapers")
+    assert not (tmp_path / "logs").exists()
+    for flags, scenes in (([], "true"), (["--no-wallpapers"], "false")):
+        planned = phases(parse_args(flags))
+        assert [f"data.params.train.params.wallpapers={scenes}" in phase.overrides for phase in planned] == [
+            phase.stage != "vq" for phase in planned
+        ]
+
+
 def test_train_small_runs_resumes_and_installs(tmp_path):
     """The documented training command with one step per phase (VQ on crops, then on whole frames;
     its decoder alone; VIDM with a still camera, then with motion): trains, converts, then skips
-    every phase. The installed first stage is the VQ run's encoder with the decoder run's decoder."""
+    every phase. The installed first stage is the VQ run's encoder with the decoder run's decoder.
+    A generated picture stands in for Debian's wallpapers; the weights record the scene sources."""
+    wallpapers = tmp_path / "wallpapers"
+    wallpapers.mkdir()
+    picture = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    cv2.imwrite(str(wallpapers / "noise.png"), cv2.GaussianBlur(picture, (9, 9), 3))
+    env = {**os.environ, "VIDM_WALLPAPERS": str(wallpapers)}
     command = [
         sys.executable, str(ROOT / "scripts" / "train_small.py"), "--logdir", str(tmp_path / "logs"),
         "--vq-steps", "2", "--vq-whole-frame-steps", "1", "--decoder-steps", "1", "--vidm-steps", "2",
         "--still-fraction", "0.5", "--out", str(tmp_path / "model.safetensors"),
     ]  # fmt: skip
-    first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    first = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr[-2000:]
     installed = load_file(tmp_path / "model.safetensors")
     vq, decoder = (
@@ -142,7 +167,7 @@ def test_train_small_runs_resumes_and_installs(tmp_path):
     assert torch.equal(vq["encoder.conv_in.weight"], decoder["encoder.conv_in.weight"])
     assert not torch.equal(vq["decoder.conv_out.weight"], decoder["decoder.conv_out.weight"])
     assert len(list((tmp_path / "logs").glob("*/*/checkpoints/last.ckpt"))) == 3
-    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     assert again.returncode == 0 and again.stderr.count("finished") == 5, again.stderr[-2000:]
     scale = re.search(r"latent scale factor ([0-9.]+)", first.stderr).group(1)
     assert f"latent scale factor {scale}" in again.stderr, "a resumed run scales its latents the same way"
@@ -150,4 +175,8 @@ def test_train_small_runs_resumes_and_installs(tmp_path):
         assert OmegaConf.load(project).model.params.scale_factor == pytest.approx(float(scale))
     model, _ = load_model(ModelChoice(SMALL_CONFIG, tmp_path / "model.safetensors", "trained"))
     assert model.scale_factor == pytest.approx(float(scale)), "the installed file samples as it was trained"
+    with safe_open(tmp_path / "model.safetensors", "pt") as weights:
+        scenes = json.loads(weights.metadata()["training_scenes"])
+    assert scenes["wallpapers"]["count"] == 1 and scenes["wallpapers"]["folders"] == [str(wallpapers)]
+    assert scenes["photos"] and scenes["procedural"] > 0
     shutil.rmtree(tmp_path / "logs")

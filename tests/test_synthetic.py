@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -42,12 +43,6 @@ def digest(seq) -> str:
     return h.hexdigest()
 
 
-@pytest.fixture()
-def no_wallpapers(monkeypatch):
-    """Training scenes from scikit-image and tabletops only (fast, and as on a machine without them)."""
-    monkeypatch.setenv("VIDM_WALLPAPERS", "")
-
-
 def noise_image(height: int, width: int, seed: int, channels: int = 3) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (height, width, channels), dtype=np.uint8)
 
@@ -69,7 +64,7 @@ def test_heldout_demo_sequence_and_frames_never_change():
     assert frames.hexdigest() == HELDOUT_FRAMES, "the first stage's validation frames changed"
 
 
-def test_training_sequences_are_reproducible_and_well_formed(no_wallpapers):
+def test_training_sequences_are_reproducible_and_well_formed():
     a, b = make_sequence(5, 64), make_sequence(5, 64)
     assert np.array_equal(a.clean, b.clean) and np.array_equal(a.masks, b.masks)
     assert np.array_equal(a.cameras, b.cameras) and a.scene == b.scene
@@ -79,7 +74,7 @@ def test_training_sequences_are_reproducible_and_well_formed(no_wallpapers):
     assert not np.array_equal(make_sequence(6, 64).clean, a.clean)
 
 
-def test_hands_cover_pixels_and_enter_from_the_lower_edge(no_wallpapers):
+def test_hands_cover_pixels_and_enter_from_the_lower_edge():
     for seed in range(20):
         seq = make_sequence(seed, 64)
         coverage = seq.masks.mean(axis=(1, 2))
@@ -107,7 +102,7 @@ def test_revealed_fraction_follows_the_camera():
     assert revealed_fraction(masks, panned) == 0.0
 
 
-def test_earlier_frames_reveal_most_of_what_the_last_hand_hides(no_wallpapers):
+def test_earlier_frames_reveal_most_of_what_the_last_hand_hides():
     """Measured over 500 clips: mean 0.78, median 0.84 (the old generator: 0.76, 0.80)."""
     clips = [make_sequence(seed, 64, draw_hands=False) for seed in range(120)]
     revealed = [revealed_fraction(clip.masks, clip.cameras) for clip in clips]
@@ -115,7 +110,7 @@ def test_earlier_frames_reveal_most_of_what_the_last_hand_hides(no_wallpapers):
     assert np.mean(np.array(revealed) > 0.95) > 0.2, "often a context frame shows everything"
 
 
-def test_motion_scale_zero_films_from_one_viewpoint(no_wallpapers):
+def test_motion_scale_zero_films_from_one_viewpoint():
     for seed in range(6):
         still = make_sequence(seed, 64, motion_scale=0.0)
         moving = make_sequence(seed, 64, motion_scale=1.0)
@@ -126,7 +121,7 @@ def test_motion_scale_zero_films_from_one_viewpoint(no_wallpapers):
     assert np.all(item["hand_images"][:, outside] == item["image"][outside])
 
 
-def test_motion_scale_scales_the_camera_path(no_wallpapers):
+def test_motion_scale_scales_the_camera_path():
     def drift(seq):
         centre = np.array([31.5, 31.5, 1.0])
         first = np.linalg.inv(seq.cameras[0]) @ centre
@@ -148,7 +143,7 @@ def test_bad_split_or_motion_scale_is_refused():
         SyntheticHands(motion_scale=1.5)
 
 
-def test_training_never_uses_heldout_pictures(monkeypatch, no_wallpapers):
+def test_training_never_uses_heldout_pictures(monkeypatch):
     loaded = []
     original = scenes.load_source
 
@@ -188,41 +183,66 @@ def test_wallpapers_are_found_once_per_picture(tmp_path):
     assert np.all(canvas[:, -100:] == 128), "transparent pixels lie over mid grey"
 
 
-def test_training_films_wallpapers_from_the_folders_given(tmp_path, monkeypatch):
-    tmp_path = tmp_path.resolve()
+def magenta_wallpaper(folder: Path) -> Path:
+    """A wallpaper that no other scene resembles: green 0, red and blue high."""
     magenta = noise_image(480, 640, 4)
     magenta[..., 1] = 0
     magenta[..., [0, 2]] |= 128
-    cv2.imwrite(str(tmp_path / "magenta.png"), magenta)
+    cv2.imwrite(str(folder / "magenta.png"), magenta)
+    return folder / "magenta.png"
+
+
+def magenta_view(frame: np.ndarray) -> bool:
+    return frame[..., 1].max() < -0.99 and frame[..., [0, 2]].mean() > 0
+
+
+def test_training_films_wallpapers_from_the_folders_given_when_asked(tmp_path, monkeypatch):
+    wallpaper = magenta_wallpaper(tmp_path.resolve())
+    monkeypatch.setenv("VIDM_WALLPAPERS", str(wallpaper.parent))
+    names = [make_sequence(seed, 32, draw_hands=False, wallpapers=True).scene for seed in range(20)]
+    assert f"wallpaper:{wallpaper}" in names
+    frames = [SyntheticFrames(size=32, wallpapers=True)[i]["image"] for i in range(20)]
+    assert any(magenta_view(f) for f in frames), "whole magenta views"
+
+
+def test_installed_wallpapers_change_nothing_unless_asked_for(tmp_path, monkeypatch):
+    """Clips and frames are the same with and without wallpapers on the machine: what a test or a
+    config that does not ask for them reads never depends on what happens to be installed."""
+    monkeypatch.setenv("VIDM_WALLPAPERS", "")
+    clips = [SyntheticHands(size=32, seed=5)[i] for i in range(12)]
+    frames = [SyntheticFrames(size=32)[i]["image"] for i in range(12)]
+    monkeypatch.setenv("VIDM_WALLPAPERS", str(magenta_wallpaper(tmp_path).parent))
+    for index, clip in enumerate(clips):
+        again = SyntheticHands(size=32, seed=5)[index]
+        assert all(np.array_equal(clip[key], again[key]) for key in clip), index
+    assert all(np.array_equal(f, SyntheticFrames(size=32)[i]["image"]) for i, f in enumerate(frames))
+    assert not any(magenta_view(SyntheticFrames(size=32, wallpapers=False)[i]["image"]) for i in range(40))
+
+
+def test_asking_for_wallpapers_where_none_are_installed_fails_with_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("VIDM_WALLPAPERS", str(tmp_path))
-    names = [make_sequence(seed, 32, draw_hands=False).scene for seed in range(20)]
-    assert f"wallpaper:{tmp_path / 'magenta.png'}" in names
-    frames = [SyntheticFrames(size=32)[i]["image"] for i in range(20)]
-    assert any(f[..., 1].max() < -0.99 and f[..., [0, 2]].mean() > 0 for f in frames), "whole magenta views"
+    expected = f"no wallpapers found in {tmp_path}: install them with `make wallpapers`"
+    for make in (lambda: SyntheticHands(wallpapers=True), lambda: SyntheticFrames(wallpapers=True)):
+        with pytest.raises(FileNotFoundError, match=expected) as error:
+            make()
+        assert "\n" not in str(error.value)
+    SyntheticHands(wallpapers=False)
 
 
-def test_first_stage_frames_can_leave_the_wallpapers_out(tmp_path, monkeypatch):
-    magenta = noise_image(480, 640, 4)
-    magenta[..., 1] = 0
-    magenta[..., [0, 2]] |= 128
-    cv2.imwrite(str(tmp_path / "magenta.png"), magenta)
+def test_scene_sources_name_what_training_films(tmp_path, monkeypatch):
+    wallpaper = magenta_wallpaper(tmp_path)
     monkeypatch.setenv("VIDM_WALLPAPERS", str(tmp_path))
-    frames = [SyntheticFrames(size=32, wallpapers=False)[i]["image"] for i in range(40)]
-    assert not any(f[..., 1].max() < -0.99 and f[..., [0, 2]].mean() > 0 for f in frames)
+    plain, with_wallpapers = (json.loads(scenes.scene_sources(use)) for use in (False, True))
+    assert plain["wallpapers"] is None and plain["photos"] == list(scenes.TRAIN_PHOTOS)
+    assert with_wallpapers["wallpapers"]["count"] == 1
+    assert with_wallpapers["wallpapers"]["folders"] == [str(tmp_path)]
+    wallpaper.write_bytes(wallpaper.read_bytes() + b"\0")  # another picture: another digest
+    scenes.find_wallpapers.cache_clear()
+    again = json.loads(scenes.scene_sources(True))["wallpapers"]
+    assert again["sha256"] != with_wallpapers["wallpapers"]["sha256"]
 
 
-def test_training_uses_the_installed_debian_wallpapers(monkeypatch):
-    monkeypatch.delenv("VIDM_WALLPAPERS", raising=False)
-    installed = scenes.find_wallpapers(scenes.WALLPAPER_ROOTS)
-    if not installed:
-        pytest.skip("no gnome-backgrounds, mate-backgrounds or plasma-workspace-wallpapers installed")
-    assert list(installed) == sorted(installed) and len(installed) == len(set(installed))
-    names = [make_sequence(seed, 32, draw_hands=False).scene for seed in range(12)]
-    used = [name.removeprefix("wallpaper:") for name in names if name.startswith("wallpaper:")]
-    assert used and all(Path(path) in installed for path in used)
-
-
-def test_dataset_items_have_the_no_hands_format(no_wallpapers):
+def test_dataset_items_have_the_no_hands_format():
     item = SyntheticHands(size=64, length=3)[1]
     assert item["image"].shape == (64, 64, 3) and item["image"].dtype == np.float32
     assert item["hand_images"].shape == (4, 64, 64, 3) and item["mask"].shape == (4, 64, 64)
@@ -234,7 +254,7 @@ def test_dataset_items_have_the_no_hands_format(no_wallpapers):
     assert np.array_equal(item["hand_images"][-1][~masked[-1]], item["image"][~masked[-1]])
 
 
-def test_synthetic_frames_are_whole_training_views(no_wallpapers):
+def test_synthetic_frames_are_whole_training_views():
     frames = SyntheticFrames(size=96, length=8)
     images = [frames[i]["image"] for i in range(8)]
     assert all(image.shape == (96, 96, 3) and image.dtype == np.float32 for image in images)
