@@ -237,6 +237,24 @@ def test_two_processes_with_ddp_share_the_frames_and_match_one(reference, tmp_pa
         assert np.array_equal(read_rgb(one), read_rgb(two))  # per-frame seeds: the same on any device count
 
 
+def test_a_video_gives_the_same_pixels_alone_moved_or_in_any_line_of_a_list(small, tmp_path):
+    """Each frame's noise is seeded from (seed, the video's key, the frame): the key comes from the
+    video's files, not from its path or its line in --list (which seeded it before)."""
+    write_sequence(tmp_path / "a", 3, height=32, width=32)
+    frames, masks = write_sequence(tmp_path / "b", 4, height=32, width=32)
+    assert factorize("--frames", frames, "--masks", masks, "--out", tmp_path / "alone", *FAST, *small) == 0
+    shutil.copytree(tmp_path / "b", tmp_path / "moved")
+    listing = tmp_path / "videos.txt"
+    listing.write_text("a/frames a/masks out/a\nmoved/frames moved/masks out/moved\n")
+    assert factorize("--list", listing, *FAST, *small) == 0
+    alone = read_all(tmp_path / "alone" / "environment")
+    assert all(
+        np.array_equal(x, y) for x, y in zip(alone, read_all(tmp_path / "out/moved/environment"), strict=True)
+    )
+    other = read_all(tmp_path / "out/a/environment")  # the same first frames, another video: other noise
+    assert not np.array_equal(other[0], alone[0])
+
+
 def unreadable_frame(seq, args):
     (seq / "frames" / "004.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     return "004.png: unreadable or truncated"

@@ -90,7 +90,7 @@ def factorize(jobs: list[FactorizeJob], choice: ModelChoice, options: FactorizeO
 
 @dataclass
 class FrameStream(IterableDataset):
-    """Yields dicts: `job`, `indices` (B), `frames` (B,H,W,3) uint8 and bool `masks` (B,H,W) at the
+    """Yields dicts: `job`, its `key`, `indices` (B), `frames` (B,H,W,3) uint8 and bool `masks` (B,H,W) at the
     input size, `model_frames` (B,4,h,w,3) and `model_masks` (B,4,h,w): context frames then target,
     scaled so that min(h,w) is the size the model runs at for frames of the input's size.
 
@@ -142,6 +142,7 @@ class FrameStream(IterableDataset):
         samples = [[scaled[i] for i in [*context_indices(t, self.frame_skip), t]] for t in batch]
         return {
             "job": job_number,
+            "key": self.jobs[job_number].key,
             "indices": batch,
             "frames": np.stack([full[t][0] for t in batch]),
             "masks": np.stack([full[t][1] for t in batch]),
@@ -197,9 +198,10 @@ class Factorizer(pl.LightningModule):
         self.blend = options.blend
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> np.ndarray:
-        # One generator per frame: a frame's result does not depend on its batch, device or a resume.
+        # One generator per frame, seeded from the video's key and the frame's number: a frame's result
+        # does not depend on its batch, the device count, a resume or the video's place in a list.
         generators = [
-            seeded_generator(self.device, self.seed, batch["job"], index) for index in batch["indices"]
+            seeded_generator(self.device, self.seed, batch["key"], index) for index in batch["indices"]
         ]
         inpainted = self.inpainter(batch["model_frames"], batch["model_masks"], generators)
         return paste_back(batch["frames"], inpainted, batch["masks"], self.blend)

@@ -8,10 +8,13 @@ OUT/environment.mp4       the environment frames as a video
 OUT/preview.mp4           input | environment, side by side
 
 Each image is written atomically and `environment` last, so a frame whose three images exist is finished.
+Every frame's noise is seeded from (seed, the video's key, its number): the key comes from the video's
+files (`video_key`), so a video gives the same pixels alone, in any line of a list, or moved.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shlex
 from collections.abc import Iterator, Sequence
@@ -30,6 +33,8 @@ log = logging.getLogger(__name__)
 
 CONTEXT_FRAMES = 3
 DEFAULT_FPS = 30.0
+KEY_BYTES = 1 << 20
+"""How much of a video's first file its key reads."""
 
 Plan = tuple[int, list[int]]
 """(job number, ascending frame indices of one batch)."""
@@ -54,12 +59,29 @@ def plan_batches(todo: Sequence[list[int]], batch_size: int) -> list[Plan]:
     ]
 
 
+def video_key(frames: FrameFolder | VideoFile) -> int:
+    """A number that belongs to the video, whatever its path or its place in a list: a digest of the
+    first MiB of its first frame's file and the name and size of every frame file (a frames folder),
+    or of the first MiB and the size of the video file."""
+    if isinstance(frames, FrameFolder):
+        first, listing = frames.files[0], [f"{p.name}:{p.stat().st_size}" for p in frames.files]
+    else:
+        first, listing = frames.path, [str(frames.path.stat().st_size)]
+    digest = hashlib.sha256()
+    with open(first, "rb") as file:
+        digest.update(file.read(KEY_BYTES))
+    digest.update("\n".join(listing).encode())
+    return int.from_bytes(digest.digest()[:8], "little")
+
+
 @dataclass
 class FactorizeJob:
     frames: FrameFolder | VideoFile
     masks: list[Path]
     out: Path
     fps: float
+    key: int
+    """`video_key`: seeds the noise of the video's frames."""
 
     @classmethod
     def open(cls, source: Path, masks: Path, out: Path, fps: float | None = None) -> FactorizeJob:
@@ -68,7 +90,7 @@ class FactorizeJob:
         mask_files = list_images(masks, IMAGE_SUFFIXES, "masks")
         if len(mask_files) != len(frames):
             raise InputError(f"{masks}: {len(mask_files)} masks, but {source} has {len(frames)} frames")
-        return cls(frames, mask_files, out, fps or frames.fps or DEFAULT_FPS)
+        return cls(frames, mask_files, out, fps or frames.fps or DEFAULT_FPS, video_key(frames))
 
     def __len__(self) -> int:
         return len(self.frames)
