@@ -1,8 +1,10 @@
-"""Whole-video factorisation: what is left to do, checking the inputs, streaming the frames through
-Lightning's predict loop (one device, or several with DDP), then assembling the videos.
+"""Whole-video factorisation: what is left to do, checking the inputs' headers, streaming the frames
+through Lightning's predict loop (one device, or several with DDP), then assembling the videos.
 
-Frames are read in order; each is kept at the model's scale only while a later target still needs
-it as context (at most 3k frames back), and at full size only until its own batch is handed out.
+Frames are decoded once, in order, and their pixels checked as they are: a bad frame stops the run
+with one line naming it, after the frames before it are written whole. Each is kept at the model's
+scale only while a later target still needs it as context (at most 3k frames back), and at full
+size only until its own batch is handed out.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def factorize(jobs: list[FactorizeJob], choice: ModelChoice, options: FactorizeO
     else:
         for job, targets in zip(jobs, todo, strict=True):
             if targets:
-                job.check_inputs(needed_frames(targets, options.frame_skip))
+                job.check_headers(needed_frames(targets, options.frame_skip))
         model, trained = load_model(choice, "cpu", options.dtype, options.unsafe_load)
         resolution = working_resolution(options.resolution, choice.config, trained)
         log.info(

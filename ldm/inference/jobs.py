@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from ldm.inference.images import IMAGE_SUFFIXES, list_images, read_mask, write_image_atomic
+from ldm.inference.images import IMAGE_SUFFIXES, check_mask_header, list_images, write_image_atomic
 from ldm.inference.video import FrameFolder, VideoFile, open_frames, write_mp4
 from ldm.util import InputError
 
@@ -100,16 +100,16 @@ class FactorizeJob:
         done = finished_frames(self.out)
         return [index for index in range(len(self)) if index not in done]
 
-    def check_inputs(self, indices: set[int]) -> None:
-        """Decode every frame and mask in `indices` so bad input fails before anything is written."""
-        for index, _ in tqdm(
-            self.frames.frames(indices),
-            total=len(indices),
-            desc=f"checking {self.frames.path.name}",
-            leave=False,
-            disable=None,
+    def check_headers(self, indices: set[int]) -> None:
+        """Fail on a frame or mask of `indices` whose header is wrong (not an image, wrong channels or
+        size) before anything is written, without decoding pixels: the one decode pass, which checks
+        the pixels, is the streaming pass that uses them."""
+        for index in tqdm(
+            sorted(indices), desc=f"checking {self.frames.path.name}", leave=False, disable=None
         ):
-            read_mask(self.masks[index])
+            if isinstance(self.frames, FrameFolder):
+                self.frames.check_header(index)
+            check_mask_header(self.masks[index])
 
 
 def read_job_list(path: Path) -> list[tuple[Path, Path, Path]]:
