@@ -26,6 +26,7 @@ from tests.test_inference_support import assert_one_error_line, single_thread
 
 sys.path.insert(0, str(ROOT))
 from scripts.make_demo_data import write_demo  # noqa: E402
+from scripts.train_small import main as train_small  # noqa: E402
 from scripts.train_small import parse_args, phases  # noqa: E402
 
 DEMO = ROOT / "demo_data"
@@ -127,14 +128,12 @@ def test_train_small_trains_the_decoder_alone_after_the_first_stage_unless_told_
     assert skipped[:2] == ["vq", "vq"] and "decoder" not in skipped
 
 
-def test_train_small_refuses_to_start_without_the_wallpapers_unless_told(tmp_path):
+def test_train_small_refuses_to_start_without_the_wallpapers_unless_told(tmp_path, monkeypatch, capsys):
     """One error line and nothing written where the wallpapers are missing; --no-wallpapers trains on
     the scikit-image pictures and tabletop scenes alone, and the decoder and VIDM phases say so."""
-    env = {**os.environ, "VIDM_WALLPAPERS": str(tmp_path)}
-    command = [sys.executable, str(ROOT / "scripts" / "train_small.py"), "--logdir", str(tmp_path / "logs")]
-    refused = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert refused.returncode == 1
-    assert_one_error_line(refused.stderr, f"no wallpapers found in {tmp_path}", "--no-wallpapers")
+    monkeypatch.setenv("VIDM_WALLPAPERS", str(tmp_path))
+    assert train_small(["--logdir", str(tmp_path / "logs")]) == 1
+    assert_one_error_line(capsys.readouterr().err, f"no wallpapers found in {tmp_path}", "--no-wallpapers")
     assert not (tmp_path / "logs").exists()
     for flags, scenes in (([], "true"), (["--no-wallpapers"], "false")):
         planned = phases(parse_args(flags))
