@@ -2,8 +2,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Debian's wallpapers, among the scenes scripts/train_small.py trains on (README, The embedded small model).
+WALLPAPER_PACKAGES := gnome-backgrounds mate-backgrounds plasma-workspace-wallpapers
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: venv test lint demo clean
+.PHONY: venv test lint demo wallpapers clean
 
 venv: $(STAMP)
 
@@ -19,6 +22,11 @@ test: venv
 
 lint: venv
 	$(BIN)/ruff check .
+
+wallpapers: venv
+	$(SUDO) apt-get update
+	$(SUDO) apt-get install --yes --no-install-recommends $(WALLPAPER_PACKAGES)
+	$(BIN)/python -c "from ldm.data.synthetic_scenes import installed_wallpapers; print(len(installed_wallpapers()), 'wallpapers found')"
 
 demo: venv
 	$(BIN)/python demo_script.py demo_data

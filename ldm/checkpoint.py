@@ -11,6 +11,7 @@ import mmap
 import sys
 import zipfile
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,7 +30,8 @@ CONDITIONER_PREFIX = "cond_stage_model."
 CONDITIONER_COPY_PREFIX = CONDITIONER_PREFIX + "first_stage_model."
 SAFETENSORS_SUFFIXES = (".safetensors",)
 SCALE_FACTOR_KEY = "scale_factor"
-"""Metadata key of a weights file: the latent scale factor its model was trained with."""
+"""Where a file records the latent scale factor its model was trained with: a metadata key of a
+`.safetensors` file, a top-level entry of a Lightning checkpoint (the weights keep their layout)."""
 MADV_DONTNEED = 4  # Linux <sys/mman.h>
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
@@ -43,8 +45,19 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not fit the model; the message is one line."""
 
 
-def read_state_dict(path: str | Path, unsafe: bool = False) -> dict[str, torch.Tensor]:
-    """The tensors of a Lightning `.ckpt`, a plain state dict, or a `.safetensors` file.
+@dataclass(frozen=True)
+class Weights:
+    """A checkpoint's tensors, the latent scale factor it records (None: none recorded) and, for a
+    `.safetensors` file, its metadata."""
+
+    state: dict[str, torch.Tensor]
+    scale_factor: float | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+def read_weights(path: str | Path, unsafe: bool = False) -> Weights:
+    """The tensors of a Lightning `.ckpt`, a plain state dict, or a `.safetensors` file, and the
+    latent scale factor the file records.
 
     `.ckpt` files are read with `weights_only=True` and memory-mapped, so a pickle payload never
     runs and only the tensors that are used are paged in. `unsafe=True` allows arbitrary pickles
@@ -54,7 +67,21 @@ def read_state_dict(path: str | Path, unsafe: bool = False) -> dict[str, torch.T
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.suffix in SAFETENSORS_SUFFIXES:
-        return _read_safetensors(path)
+        metadata = _safetensors_metadata(path)
+        return Weights(
+            _read_safetensors(path), _as_scale_factor(metadata.get(SCALE_FACTOR_KEY), path), metadata
+        )
+    ckpt = _load_pickled(path, unsafe)
+    recorded = ckpt.get(SCALE_FACTOR_KEY) if isinstance(ckpt, Mapping) else None
+    return Weights(_extract_state_dict(ckpt, path), _as_scale_factor(recorded, path))
+
+
+def read_state_dict(path: str | Path, unsafe: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file (see `read_weights`)."""
+    return read_weights(path, unsafe).state
+
+
+def _load_pickled(path: Path, unsafe: bool) -> object:
     if unsafe:
         log.warning("loading %s with weights_only=False: a malicious file can run code", path)
     try:
@@ -66,7 +93,7 @@ def read_state_dict(path: str | Path, unsafe: bool = False) -> dict[str, torch.T
                 "re-run with --unsafe-load only if you trust this file"
             ) from None
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first_line(err)})") from None
-    return _extract_state_dict(ckpt, path)
+    return ckpt
 
 
 def saved_global_step(path: str | Path | None, unsafe: bool = False) -> int:
@@ -77,29 +104,34 @@ def saved_global_step(path: str | Path | None, unsafe: bool = False) -> int:
     return int(ckpt.get("global_step", 0)) if isinstance(ckpt, Mapping) else 0
 
 
-def recorded_scale_factor(path: str | Path) -> float | None:
-    """The latent scale factor a weights file from scripts/convert_checkpoint.py records (None: none)."""
-    if Path(path).suffix not in SAFETENSORS_SUFFIXES:
-        return None
+def _safetensors_metadata(path: Path) -> dict[str, str]:
     try:
         with safe_open(str(path), "pt") as weights:
-            value = (weights.metadata() or {}).get(SCALE_FACTOR_KEY)
+            return dict(weights.metadata() or {})
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{path}: not a readable safetensors file ({first_line(err)})") from None
+
+
+def _as_scale_factor(value: object, path: Path) -> float | None:
+    """A recorded scale factor as a float; an error naming the file when it is not a positive number."""
+    if value is None:
+        return None
     try:
-        return None if value is None else float(value)
-    except ValueError:
-        raise CheckpointError(f"{path}: its {SCALE_FACTOR_KEY} metadata {value!r} is not a number") from None
+        factor = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        factor = float("nan")
+    if not factor > 0:
+        raise CheckpointError(f"{path}: its recorded {SCALE_FACTOR_KEY} {value!r} is not a positive number")
+    return factor
 
 
-def use_recorded_scale_factor(model: nn.Module, checkpoint: str | Path) -> None:
+def use_recorded_scale_factor(model: nn.Module, recorded: float | None, source: str | Path) -> None:
     """Scale latents as the weights were trained to, where their file records it (it wins over the config)."""
-    recorded = recorded_scale_factor(checkpoint)
     if recorded is None or not hasattr(model, "scale_factor") or recorded == model.scale_factor:
         return
     log.info(
-        "%s: latent scale factor %g, as recorded in the file (the config says %g)",
-        checkpoint,
+        "%s: latent scale factor %g, as recorded with the weights (the config says %g)",
+        source,
         recorded,
         model.scale_factor,
     )
@@ -107,7 +139,6 @@ def use_recorded_scale_factor(model: nn.Module, checkpoint: str | Path) -> None:
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
@@ -234,12 +265,11 @@ def load_model_weights(
     strict: bool = True,
     ignore_keys: Iterable[str] = (),
     unsafe: bool = False,
-) -> list[str]:
+) -> Weights:
     """Load a checkpoint file into `model` (keys starting with an `ignore_keys` entry are dropped);
-    returns the file's keys that were kept."""
+    returns the tensors that were kept and the scale factor the file records."""
     ignore = tuple(ignore_keys)
-    state = {
-        k: v for k, v in read_state_dict(path, unsafe=unsafe).items() if not (ignore and k.startswith(ignore))
-    }
+    weights = read_weights(path, unsafe=unsafe)
+    state = {k: v for k, v in weights.state.items() if not (ignore and k.startswith(ignore))}
     load_state_into(model, state, path, strict=strict)
-    return list(state)
+    return Weights(state, weights.scale_factor)

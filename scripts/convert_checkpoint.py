@@ -4,7 +4,9 @@
 Keeps the EMA weights of the denoiser (under the denoiser's own names) and the first stage; drops
 the training weights, optimizer state and the conditioner's duplicate of the first stage. The input
 may also be such a weights file, e.g. to install a first-stage decoder fine-tuned alone
-(--decoder-from, as scripts/train_small.py's decoder phase trains it).
+(--decoder-from, as scripts/train_small.py's decoder phase trains it). The latent scale factor the
+input records (a weights file's metadata, or a checkpoint of main.py's training) is recorded again,
+so that loading the output samples as the model was trained.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from ldm.checkpoint import (
     FIRST_STAGE_PREFIX,
     SCALE_FACTOR_KEY,
     CheckpointError,
+    Weights,
     ema_as_model_weights,
     first_stage_state,
-    read_state_dict,
+    read_weights,
 )
 
 log = logging.getLogger("convert_checkpoint")
@@ -40,6 +43,9 @@ def inference_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
         raise CheckpointError("checkpoint lacks model.diffusion_model.* or first_stage_model.* weights")
     return out
 
+
+RESERVED_KEYS = ("format", "source", SCALE_FACTOR_KEY)
+"""Metadata this script writes itself."""
 
 FIXED_KEYS = ("encoder.", "quant_conv.", "quantize.")
 """First-stage tensors that make the latents; the rest (decoder, post_quant_conv) decode them."""
@@ -71,7 +77,7 @@ def with_decoder(
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -90,41 +96,73 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--scale-factor",
         type=float,
-        help="record the latent scale factor the model was trained with (main.py's "
-        "model.params.scale_factor); loading the file then uses it instead of the config's",
+        help="record this latent scale factor instead of the one the input records (main.py's "
+        "model.params.scale_factor; for weights that record none); loading the file then uses it "
+        "instead of the config's",
+    )
+    parser.add_argument(
+        "--metadata",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="also record this text in the file's metadata (repeatable)",
     )
     parser.add_argument(
         "--unsafe-load", action="store_true", help="allow pickled objects (trusted files only)"
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.output.suffix != ".safetensors":
         parser.error(f"{args.output}: output name must end in .safetensors")
-    try:
-        tensors = inference_tensors(read_state_dict(args.checkpoint, unsafe=args.unsafe_load))
-    except CheckpointError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    if args.scale_factor is not None and not args.scale_factor > 0:
+        parser.error(f"--scale-factor {args.scale_factor}: must be a positive number")
+    args.metadata = dict(item.partition("=")[::2] for item in args.metadata)
+    if any(not key or key in RESERVED_KEYS for key in args.metadata):
+        parser.error(f"--metadata: give KEY=VALUE, with a key other than {', '.join(RESERVED_KEYS)}")
+    return args
+
+
+def output_metadata(args: argparse.Namespace, weights: Weights) -> dict[str, str]:
+    """The output's metadata: what the input records (its scale factor, a weights file's other
+    entries), then what the command line adds or replaces."""
+    metadata = {k: v for k, v in weights.metadata.items() if k not in RESERVED_KEYS}
+    metadata.update({"format": "vidm-ema-inference", "source": args.checkpoint.name, **args.metadata})
+    scale_factor = weights.scale_factor if args.scale_factor is None else args.scale_factor
+    if scale_factor is not None:
+        metadata[SCALE_FACTOR_KEY] = repr(scale_factor)
+    return metadata
+
+
+def converted(args: argparse.Namespace) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The output's tensors and metadata."""
+    weights = read_weights(args.checkpoint, unsafe=args.unsafe_load)
+    tensors = inference_tensors(weights.state)
     if args.decoder_from is not None:
-        try:
-            first_stage = first_stage_state(args.decoder_from, unsafe=args.unsafe_load)
-            tensors = with_decoder(tensors, first_stage, args.decoder_from)
-        except CheckpointError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
+        first_stage = first_stage_state(args.decoder_from, unsafe=args.unsafe_load)
+        tensors = with_decoder(tensors, first_stage, args.decoder_from)
     dtype = torch.float16 if args.fp16 else None
     tensors = {
         k: (v.to(dtype) if dtype and v.is_floating_point() else v).contiguous() for k, v in tensors.items()
     }
+    return tensors, output_metadata(args, weights)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        tensors, metadata = converted(args)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     args.output.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.output.with_name(args.output.name + ".partial")
-    metadata = {"format": "vidm-ema-inference", "source": args.checkpoint.name}
-    if args.scale_factor is not None:
-        metadata[SCALE_FACTOR_KEY] = repr(args.scale_factor)
     save_file(tensors, str(tmp), metadata=metadata)
     tmp.replace(args.output)
     size = sum(v.numel() * v.element_size() for v in tensors.values())
-    log.info("wrote %s: %d tensors, %.1f MB", args.output, len(tensors), size / 1e6)
+    scale = metadata.get(SCALE_FACTOR_KEY, "none recorded")
+    log.info(
+        "wrote %s: %d tensors, %.1f MB, latent scale factor %s", args.output, len(tensors), size / 1e6, scale
+    )
     return 0
 
 

@@ -4,7 +4,10 @@
 Keeps every 10th frame of EGO4D_DIR/<video_uid>.mp4. As in the published preprocessing, the
 100 Days of Hands detector sees the full-resolution frame (detectron2 applies its own test-time
 resize) in batches of 20, and a frame is labelled 1 when the detector returns any instance with
-score ≥ 0.7. Only what is stored is resized so its short side is 256 and centre-cropped to 256x256.
+score ≥ 0.7. Only what is stored is resized so its short side is 256 and centre-cropped to 256x256,
+with the published resampling by default: nearest neighbour (torch's F.interpolate in its default
+mode) on the whole frame, then the centre crop; --resampling area gives OpenCV's area filter on the
+centre square instead (smoother, but other pixels than the published files).
 Writes OUT/<video_uid>.hdf5 with:
 
   frames      vlen uint8  the stored 256x256 crop as JPEG bytes. Compatibility quirk kept from the
@@ -36,6 +39,8 @@ import cv2
 import h5py
 import imageio_ffmpeg
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from ldm.data.hand_detection import (
     DEFAULT_CONFIG,
@@ -52,6 +57,7 @@ from ldm.util import InputError, first_line
 FRAME_STEP = 10
 FRAME_SIZE = 256
 BATCH_SIZE = 20
+RESAMPLING = ("nearest", "area")
 
 
 def sampled_frames(video: Path, step: int = FRAME_STEP) -> Iterator[np.ndarray]:
@@ -86,9 +92,21 @@ def encode_as_published(frame: np.ndarray) -> np.ndarray:
     return data.reshape(-1)
 
 
-def stored_crop(frame: np.ndarray) -> np.ndarray:
-    """The 256x256 centre crop that is stored (the detector sees the full frame)."""
-    return square_resize(frame, FRAME_SIZE, interpolation=cv2.INTER_AREA)
+def nearest_short_side(frame: np.ndarray, size: int) -> np.ndarray:
+    """The frame (H,W,3) resized so its short side is `size` (the long side rounded down) by
+    F.interpolate's default nearest-neighbour mode, as the published preprocessing resized."""
+    height, width = frame.shape[:2]
+    shape = (size, width * size // height) if height <= width else (height * size // width, size)
+    pixels = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None]
+    return F.interpolate(pixels, size=shape, mode="nearest")[0].permute(1, 2, 0).numpy()
+
+
+def stored_crop(frame: np.ndarray, resampling: str = "nearest") -> np.ndarray:
+    """The 256x256 centre crop that is stored (the detector sees the full frame): the published
+    nearest-neighbour resize of the whole frame, or (`area`) the centre square area-resampled."""
+    if resampling == "area":
+        return square_resize(frame, FRAME_SIZE, interpolation=cv2.INTER_AREA)
+    return square_resize(nearest_short_side(frame, FRAME_SIZE), None)
 
 
 def mean_pixel(crop: np.ndarray) -> np.ndarray:
@@ -96,13 +114,13 @@ def mean_pixel(crop: np.ndarray) -> np.ndarray:
     return crop.reshape(-1, 3).sum(axis=0, dtype=np.int64) // (crop.shape[0] * crop.shape[1])
 
 
-def write_video(video: Path, detector: HandDetector, batch_size: int, tmp: Path) -> None:
+def write_video(video: Path, detector: HandDetector, batch_size: int, resampling: str, tmp: Path) -> None:
     jpegs: list[np.ndarray] = []
     labels: list[int] = []
     means: list[np.ndarray] = []
     for batch in batches(video, batch_size):
         labels += [int(hand) for hand in detector(batch)]
-        crops = [stored_crop(frame) for frame in batch]
+        crops = [stored_crop(frame, resampling) for frame in batch]
         jpegs += [encode_as_published(crop) for crop in crops]
         means += [mean_pixel(crop) for crop in crops]
     if not jpegs:
@@ -137,6 +155,12 @@ def main(argv: list[str] | None = None, detector: HandDetector | None = None) ->
     parser.add_argument("--threshold", type=float, default=SCORE_THRESHOLD, help="hand score threshold")
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="frames per detector call")
     parser.add_argument("--device", help="detector device (default: cuda when available, else cpu)")
+    parser.add_argument(
+        "--resampling",
+        choices=RESAMPLING,
+        default="nearest",
+        help="how the stored crop is resized: nearest (the published files' pixels, default) or area",
+    )
     args = parser.parse_args(argv)
     configure_logging()
     try:
@@ -156,7 +180,9 @@ def main(argv: list[str] | None = None, detector: HandDetector | None = None) ->
         return 1
     jobs = []
     for uid in ids:
-        write = partial(write_video, args.ego4d_dir / f"{uid}.mp4", detector, args.batch_size)
+        write = partial(
+            write_video, args.ego4d_dir / f"{uid}.mp4", detector, args.batch_size, args.resampling
+        )
         jobs.append(Job(uid, args.out / f"{uid}.hdf5", write))
     return run_jobs(jobs, desc="EGO4D videos")
 

@@ -147,7 +147,9 @@ def model_method(
         model_masks = np.stack([[m for _, m in seq] for seq in scaled])
         if mode == "image":
             model_frames, model_masks = model_frames[:, -1], model_masks[:, -1]
-        return inpainter(model_frames, model_masks, seeded_generator(inpainter.device, seed, start))
+        # One generator per sample, seeded from its number: scores do not depend on --batch-size.
+        generators = [seeded_generator(inpainter.device, seed, start + i) for i in range(len(chunk))]
+        return inpainter(model_frames, model_masks, generators)
 
     return chunked_method(batch_size, mode, predict, blend)
 

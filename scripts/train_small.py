@@ -11,7 +11,10 @@ main.py runs on synthetic sequences (ldm.data.synthetic), then a conversion:
      the camera motion ramped up in steps (--motion-ramp-fraction), then with the full head-mounted
      motion,
   3. EMA weights + first stage → safetensors, stored in float16 (--fp32 keeps float32), recording
-     the latent scale factor (loading the file uses it instead of the config's).
+     the latent scale factor (loading the file uses it instead of the config's) and the scene sources.
+The training scenes include Debian's wallpapers, as the shipped weights were trained: `make
+wallpapers` installs them, and the command refuses to start without them unless --no-wallpapers
+says to train on the scikit-image pictures and tabletop scenes alone.
 Each phase resumes if its run directory holds an unfinished checkpoint and is skipped when it is
 finished, so rerunning the command after an interruption continues where it stopped. Training uses
 bf16-mixed precision where the hardware computes bf16 natively (--precision auto), else fp32.
@@ -31,7 +34,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ldm.data.synthetic import SyntheticFrames
-from ldm.data.synthetic_scenes import find_wallpapers, wallpaper_roots
+from ldm.data.synthetic_scenes import scene_sources
 from ldm.inference.model import native_bf16
 from ldm.training.trainer import parse_gpus
 from ldm.util import instantiate_from_config
@@ -48,10 +51,11 @@ DECODER_OVERRIDES = (
     "model.params.train_decoder_only=true",
     "model.base_learning_rate=1.25e-05",  # 2e-4 at batch 16
     "data.params.train.params.crop=null",
-    "data.params.train.params.wallpapers=true",
 )
 """The decoder phase: the first stage's decoder alone, on whole frames of every training scene."""
 DECODER_STEPS = 3000
+SCENES_KEY = "training_scenes"
+"""Metadata key of the installed weights: the scene sources the run trained on (JSON)."""
 
 
 @dataclass(frozen=True)
@@ -73,22 +77,26 @@ def phases(args: argparse.Namespace) -> list[Phase]:
     motion_ends = [(still, 0.0)]
     motion_ends += [(still + ramp * i // parts, i / (parts + 1)) for i in range(1, parts + 1)]
     motion_ends += [(args.vidm_steps, 1.0)]
-    vidm = [Phase("vidm", VIDM_CONFIG, end, (*decay, f"{motion}={scale}")) for end, scale in motion_ends]
+    scenes = f"data.params.train.params.wallpapers={str(not args.no_wallpapers).lower()}"
+    vidm = [
+        Phase("vidm", VIDM_CONFIG, end, (*decay, scenes, f"{motion}={scale}")) for end, scale in motion_ends
+    ]
     vq = [
         Phase("vq", VQ_CONFIG, args.vq_steps - args.vq_whole_frame_steps),
         Phase("vq", VQ_CONFIG, args.vq_steps, ("data.params.train.params.crop=null",)),
-        Phase("decoder", VQ_CONFIG, args.decoder_steps, DECODER_OVERRIDES),
+        Phase("decoder", VQ_CONFIG, args.decoder_steps, (*DECODER_OVERRIDES, scenes)),
     ]
     return [p for p in (*vq, *vidm) if p.max_steps > 0]
 
 
-def latent_scale_factor(vq_checkpoint: Path, frames: int = 256) -> float:
+def latent_scale_factor(vq_checkpoint: Path, wallpapers: bool, frames: int = 256) -> float:
     """One over the std of the first stage's latents on training frames (LDM's scale_by_std), so that
     the VIDM stage sees unit-variance latents whatever first stage this run trained."""
     config = OmegaConf.load(REPO / VIDM_CONFIG).model.params.first_stage_config
     config.params.ckpt_path = str(vq_checkpoint)
     first_stage = instantiate_from_config(config).eval()
-    data = SyntheticFrames(size=config.params.ddconfig.resolution, length=frames, split="train", seed=0)
+    size = config.params.ddconfig.resolution
+    data = SyntheticFrames(size=size, length=frames, split="train", seed=0, wallpapers=wallpapers)
     images = torch.from_numpy(np.stack([data[i]["image"] for i in range(frames)])).permute(0, 3, 1, 2)
     with torch.inference_mode():
         latents = torch.cat([first_stage.encode(batch) for batch in images.split(64)])
@@ -178,6 +186,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--motion-ramp-phases", type=int, default=3, help="motion steps of that ramp: 1/4, 2/4, 3/4 for 3 (3)"
     )
+    parser.add_argument(
+        "--no-wallpapers",
+        action="store_true",
+        help="train without Debian's wallpapers (the shipped weights saw them; `make wallpapers` installs them)",
+    )
     parser.add_argument("--seed", type=int, default=23, help="main.py's random seed (23)")
     parser.add_argument("--precision", default="auto", help="auto (default), bf16-mixed or 32-true")
     parser.add_argument("--gpus", help="GPU indices for main.py (default: CPU)")
@@ -188,11 +201,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def training_scenes(args: argparse.Namespace) -> str | None:
+    """The scene sources (JSON) this run trains on, or None, with an error line, where the wallpapers
+    it needs are not installed."""
+    try:
+        sources = scene_sources(use_wallpapers=not args.no_wallpapers)
+    except FileNotFoundError as err:
+        print(f"error: {err}, or pass --no-wallpapers to train without them", file=sys.stderr)
+        return None
+    log.info("training scenes: %s", sources)
+    return sources
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    wallpapers = find_wallpapers(wallpaper_roots())
-    log.info("training scenes: %d wallpapers found (see README, The embedded small model)", len(wallpapers))
+    sources = training_scenes(args)
+    if sources is None:
+        return 1
     extra = ["--seed", str(args.seed), f"lightning.trainer.precision={precision(args.precision, args.gpus)}"]
     if args.gpus:
         extra = ["--gpus", args.gpus, *extra]
@@ -203,11 +229,11 @@ def main(argv: list[str] | None = None) -> int:
         if phase.stage == "decoder":
             inputs = [f"model.params.ckpt_path={last['vq']}"]
         if phase.stage == "vidm":
-            scale = scale if scale is not None else latent_scale_factor(last["vq"])
+            scale = scale if scale is not None else latent_scale_factor(last["vq"], not args.no_wallpapers)
             inputs = first_stage_overrides(last, scale)
         last[phase.stage] = train_phase(phase, args.logdir, [*extra, *inputs])
-    recorded = ["--scale-factor", str(scale)] if scale is not None else []
-    return convert([str(last["vidm"]), str(args.out), *recorded, *([] if args.fp32 else ["--fp16"])])
+    recorded = ["--metadata", f"{SCENES_KEY}={sources}", *([] if args.fp32 else ["--fp16"])]
+    return convert([str(last["vidm"]), str(args.out), *recorded])
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ def demo_frame(resolution: int) -> torch.Tensor:
     return torch.from_numpy(frame.copy()).float().div(127.5).sub(1)[None, None]
 
 
+@pytest.mark.weights
 def test_pull_push_conditioning_spares_the_latents_around_the_hole():
     """With the shipped first stage, the visible latents next to a hole stay near those of the
     whole frame when the hole is filled first; blacked out, its black spreads into them."""
@@ -69,6 +70,7 @@ def test_pull_push_conditioning_spares_the_latents_around_the_hole():
     error = {
         fill: (c[0, 0, :-1] - whole[0, 0, :-1])[:, ring].abs().mean().item() for fill, c in conditions.items()
     }
+    # Measured 0.34 x (AMD EPYC, all 3 settings).
     assert error["pull_push"] < 0.5 * error["black"], error
 
 

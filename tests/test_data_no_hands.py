@@ -122,6 +122,7 @@ def test_sample_masks_the_hand_window_over_the_background_frames(data_env):
     for t, hand_frame in enumerate((1, 41, 81, 121)):
         hands = skin(raw_epic_rgb(data_env, "P37_102", hand_frame))
         masked = item["mask"][t] > 0
+        # Measured 0.953 to 0.961 (AMD EPYC, all 3 settings).
         assert iou(masked, dilated(hands)) > 0.9
         kept = item["hand_images"][t][~masked]
         np.testing.assert_allclose(kept, backgrounds[t][~masked] / 127.5 - 1, atol=1e-6)
@@ -134,14 +135,15 @@ def test_hand_window_as_background_blacks_out_its_own_hands_and_flags_the_last_f
     item = dataset[8]  # the hand window as background; its hands are also the only hand source
     own = [dilated(skin(raw_epic_rgb(data_env, "P37_102", n))) for n in (1, 41, 81, 121)]
     target_black = (item["image"] == -1).all(axis=-1)
-    assert iou(target_black, own[-1]) > 0.9  # the target's own hands are black too
+    assert iou(target_black, own[-1]) > 0.9  # the target's own hands are black too (measured 0.953)
     for t in range(4):
         black = (item["hand_images"][t] == -1).all(axis=-1)
+        # Measured 0.953 to 0.972 (AMD EPYC, all 3 settings).
         assert iou(black, own[t] | own[-1]) > 0.9
-        assert (item["mask"][t][own[-1]] > 0).mean() > 0.98  # the last frame's own hands, in every frame
+        assert (item["mask"][t][own[-1]] > 0).mean() > 0.98  # the last frame's own hands (measured 0.998)
     covered = cv2.resize(own[-1].astype(np.float32), (64, 64), interpolation=cv2.INTER_AREA) > 0.5
     assert not item["loss_mask"][covered].any()
-    assert item["loss_mask"].sum() > 0.8 * 64 * 64
+    assert item["loss_mask"].sum() > 0.8 * 64 * 64  # measured 0.86
     without = single_window(data_env, with_hand_bg=True, loss_mask_hand_bg=False)[1]
     assert without["loss_mask"].all()
 
@@ -152,7 +154,7 @@ def test_without_hand_masking_the_hand_pixels_are_pasted(data_env):
     for t, hand_frame in enumerate((1, 41, 81, 121)):
         hands = skin(raw_epic_rgb(data_env, "P37_102", hand_frame))
         pasted = skin(np.round((item["hand_images"][t] + 1) * 127.5))
-        assert iou(pasted, hands) > 0.8
+        assert iou(pasted, hands) > 0.8  # measured 0.997 to 1 (AMD EPYC, all 3 settings)
     plain = single_window(data_env, hand_mask_rate=0.0, add_hands=False)[0]
     backgrounds = [raw_epic_rgb(data_env, "P37_102", n) for n in (141, 181, 221, 261)]
     np.testing.assert_allclose(plain["hand_images"], np.stack(backgrounds) / 127.5 - 1, atol=1e-6)
@@ -187,6 +189,7 @@ def test_predict_yields_the_hand_windows_with_their_hands_masked(data_env):
     np.testing.assert_array_equal(item["frame_nums"], [1, 41, 81, 121])
     assert item["video"] == "P37_102"
     for t, frame in enumerate(item["frame_nums"]):
+        # Measured 0.953 to 0.961, as for the training samples above.
         assert iou(item["mask"][t] > 0, dilated(skin(raw_epic_rgb(data_env, "P37_102", frame)))) > 0.9
 
 
@@ -258,7 +261,7 @@ def test_backgrounds_come_back_rgb_and_flip(data_env):
     frames = backgrounds[0]["frames"]
     assert frames.shape == (4, 256, 256, 3)
     left = (frames[:, :, :100].reshape(-1, 3).mean(0) + 1) * 127.5
-    np.testing.assert_allclose(left, fixture_data.EGO4D_LEFT_RGB, atol=12)
+    np.testing.assert_allclose(left, fixture_data.EGO4D_LEFT_RGB, atol=12)  # H.264, JPEG: measured 1.8 off
     flipped = Backgrounds(data_env["EGO4D_LOCATION"], frame_skip=1, num_frames=4, flip_p=1.0)[0]["frames"]
     np.testing.assert_array_equal(flipped, frames[:, :, ::-1])
     small = Backgrounds(data_env["EGO4D_LOCATION"], frame_skip=1, num_frames=4, size=64, flip_p=0.0)

@@ -20,6 +20,7 @@ from ldm.evaluation.metrics import PerceptualMetrics, psnr, ssim
 from ldm.inference.demo import read_demo_folder
 from tests.conftest import ROOT
 from tests.data_fixture import shared_fixture_data
+from tests.test_inference_support import single_thread
 
 sys.path.insert(0, str(ROOT))
 from scripts.evaluate import load_samples, score  # noqa: E402
@@ -66,7 +67,8 @@ def test_telea_fills_only_the_mask_and_smoothly():
     hole[mask] = 0
     out = telea(hole, mask)
     assert np.array_equal(out[~mask], frame[~mask])
-    assert np.abs(out[mask].astype(int) - 120).max() <= 2
+    # Measured 2 (AMD EPYC, all 3 settings, and with OpenCV's SSE4 kernels).
+    assert np.abs(out[mask].astype(int) - 120).max() <= 4
 
 
 def test_perceptual_metrics_report_why_they_are_unavailable():
@@ -120,6 +122,23 @@ def test_evaluate_writes_results_table_and_grid(reference, tmp_path):
     assert grid.shape[1] == 32 * (4 + 1 + len(methods) + 1) and grid.shape[0] == 20 + 3 * 32
 
 
+def test_scores_do_not_depend_on_the_batch_size(reference, tmp_path):
+    """Each sample draws its noise from its own seeded generator (one per chunk of --batch-size
+    samples made the scores depend on it: 0.65 dB apart between 1 and 4 with the shipped weights)."""
+    config, checkpoint = tmp_path / "small.yaml", tmp_path / "small.ckpt"
+    OmegaConf.save(OmegaConf.create({"model": reference["config"]}), config)
+    torch.save({"state_dict": reference["state_dict"]}, checkpoint)
+    scores = []
+    for batch_size in ("1", "4"):
+        out = tmp_path / f"batch{batch_size}"
+        argv = ["--out", str(out), "--n", "4", "--steps", "2", "--eta", "1", "--methods", "vidm"]
+        argv += ["--checkpoint", str(checkpoint), "--config", str(config), "--batch-size", batch_size]
+        with single_thread():
+            assert evaluate(argv) == 0
+        scores.append(json.loads((out / "results.json").read_text())["methods"]["vidm"])
+    assert scores[0] == scores[1]
+
+
 def test_evaluate_rejects_unknown_methods(reference, tmp_path, capsys):
     config, checkpoint = tmp_path / "small.yaml", tmp_path / "small.ckpt"
     OmegaConf.save(OmegaConf.create({"model": reference["config"]}), config)
@@ -170,7 +189,7 @@ def test_score_counts_only_pixels_whose_truth_is_known():
     assert scored["psnr_mask"] == math.inf and scored["psnr"] == math.inf
     assert scored["ssim_mask"] == pytest.approx(1.0) and scored["ssim"] == pytest.approx(1.0)
     everywhere = score([EvalSample(sample.frames, masks, target)], prediction[None])
-    assert everywhere["psnr_mask"] < 20
+    assert everywhere["psnr_mask"] < 20  # 10 log10(255² / (60² / 4)) = 18.59
 
 
 def test_demo_folder_samples_hide_another_frames_hand_where_the_truth_is_known():

@@ -90,7 +90,7 @@ def test_detector_sees_full_frames_and_only_the_crop_is_stored(tmp_path):
         assert not any(is_magenta(frame).any() for frame in stored)
         # mean_pixel is the stored crop's mean (the full frame's would be a quarter darker, with black sides).
         assert f["mean_pixel"].dtype == np.int64
-        np.testing.assert_allclose(f["mean_pixel"][:], np.tile(SCENE_RGB, (3, 1)), atol=6)
+        np.testing.assert_allclose(f["mean_pixel"][:], np.tile(SCENE_RGB, (3, 1)), atol=6)  # measured 2 off
 
 
 def test_mean_pixel_truncates_the_exact_mean():

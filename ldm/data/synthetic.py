@@ -5,7 +5,8 @@ scikit-image photograph, with hands that move fast; they are frozen: the same se
 frames and masks. Training sequences film many more scenes (ldm.data.synthetic_scenes) with a
 head-mounted-like camera (ldm.data.synthetic_motion) and hands on smooth paths, so earlier frames
 show most of what a hand covers in the last one. Everything is drawn from a seed, so a sequence is
-reproducible from (split, index).
+reproducible from (split, index, wallpapers): Debian's wallpapers are among the training scenes only
+where a caller asks for them (`wallpapers`), and asking where none are installed is an error.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ldm.data.synthetic_motion import head_motion, render_views, view_cameras
 from ldm.data.synthetic_scenes import (
     HELDOUT_PHOTOS,
     HELDOUT_TEXTURES,
+    installed_wallpapers,
     load_grey,
     load_source,
     pick_training_scene,
@@ -83,7 +85,7 @@ def camera_views(
 
 
 def training_views(
-    rng: np.random.Generator, size: int, num_frames: int, motion_scale: float = 1.0, wallpapers: bool = True
+    rng: np.random.Generator, size: int, num_frames: int, motion_scale: float = 1.0, wallpapers: bool = False
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """(T,size,size,3) float32 views of a random training scene filmed by a head-mounted camera,
     the (T,3,3) cameras, and the scene's name (wallpapers among the scenes only if `wallpapers`)."""
@@ -112,16 +114,18 @@ def make_sequence(
     split: str = "train",
     draw_hands: bool = True,
     motion_scale: float = 1.0,
+    wallpapers: bool = False,
 ) -> Sequence:
     """The clip drawn from `seed` (float32 images in [0,1], bool masks). motion_scale (0..1, training
-    only) scales the camera's motion: 0 films the whole clip from one viewpoint."""
+    only) scales the camera's motion: 0 films the whole clip from one viewpoint; `wallpapers` (training
+    only) puts the installed wallpapers among the scenes."""
     check_options(split, motion_scale)
     rng = np.random.default_rng(seed)
     if split == "heldout":
         clean, cameras, scene = heldout_views(rng, size, num_frames), None, None
         alpha = hand_alphas(hand_tracks(rng, num_frames), size)
     else:
-        clean, cameras, scene = training_views(rng, size, num_frames, motion_scale)
+        clean, cameras, scene = training_views(rng, size, num_frames, motion_scale, wallpapers)
         alpha = hand_alphas(moving_hand_tracks(rng, num_frames), size)
     with_hands = paint_hands(clean, alpha, rng) if draw_hands else None
     return Sequence(clean, with_hands, alpha > 0, cameras, scene)
@@ -164,7 +168,8 @@ class SyntheticHands(Dataset):
     motion_scale (0..1, training only) scales the camera's motion: 0 gives a still camera, where a
     hidden pixel is copied from the same place in a context frame, 1 the full head-mounted motion.
     align_context warps each context frame onto the target's view first, as inference does for a
-    model whose config sets `inference.align_context`.
+    model whose config sets `inference.align_context`. wallpapers puts the installed wallpapers among
+    the training scenes (an error where none are installed).
     """
 
     def __init__(
@@ -178,8 +183,12 @@ class SyntheticHands(Dataset):
         downsample: int = 4,
         motion_scale: float = 1.0,
         align_context: bool = False,
+        wallpapers: bool = False,
     ):
         check_options(split, motion_scale)
+        if wallpapers:
+            installed_wallpapers()
+        self.wallpapers = wallpapers
         self.align_context = align_context
         self.size, self.num_frames, self.length = size, num_frames, length
         self.split, self.seed = split, seed
@@ -198,6 +207,7 @@ class SyntheticHands(Dataset):
             self.split,
             draw_hands,
             self.motion_scale,
+            self.wallpapers,
         )
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
@@ -208,9 +218,9 @@ class SyntheticHands(Dataset):
 
 class SyntheticFrames(Dataset):
     """Single clean frames {"image": (crop,crop,3) in [-1,1]} of the synthetic scenes, for training
-    the first stage: views rendered at `size` (training views of the training scenes; the wallpapers
-    among them only with `wallpapers`), of which a random `crop` window is kept (default: the whole
-    frame)."""
+    the first stage: views rendered at `size` (training views of the training scenes; the installed
+    wallpapers among them only with `wallpapers`, an error where none are), of which a random `crop`
+    window is kept (default: the whole frame)."""
 
     def __init__(
         self,
@@ -219,11 +229,13 @@ class SyntheticFrames(Dataset):
         split: str = "train",
         seed: int = 0,
         crop: int | None = None,
-        wallpapers: bool = True,
+        wallpapers: bool = False,
     ):
         check_options(split)
         if crop is not None and not 0 < crop <= size:
             raise ValueError(f"crop must be in 1..{size}, got {crop}")
+        if wallpapers:
+            installed_wallpapers()
         self.size, self.length, self.split, self.seed = size, length, split, seed
         self.crop = crop or size
         self.wallpapers = wallpapers

@@ -1,15 +1,19 @@
 """Scenes the synthetic sequences are filmed in: scikit-image pictures, desktop wallpapers, tabletops.
 
 Held-out sequences (the evaluation benchmark, demo_data/) use only the held-out scikit-image pictures.
-Training uses the other scikit-image pictures, procedural tabletop scenes and, when they are
-installed, the wallpapers of Debian's gnome-backgrounds, mate-backgrounds and
-plasma-workspace-wallpapers packages, found at run time under WALLPAPER_ROOTS (or the folders that
-$VIDM_WALLPAPERS lists, separated by the path separator; empty for none).
+Training uses the other scikit-image pictures and procedural tabletop scenes and, only where a caller
+asks for them, the wallpapers of Debian's gnome-backgrounds, mate-backgrounds and
+plasma-workspace-wallpapers packages (`make wallpapers` installs them), found at run time under
+WALLPAPER_ROOTS (or the folders that $VIDM_WALLPAPERS lists, separated by the path separator).
+Asking for wallpapers where none are found is an error, so what a clip shows never depends on what
+happens to be installed.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -41,7 +45,7 @@ PROCEDURAL_SIDE = 384
 PROCEDURAL_SEED = 0x7AB1E
 
 KIND_WEIGHTS = {"wallpaper": 0.45, "photo": 0.2, "texture": 0.1, "procedural": 0.25}
-"""How often training draws each kind of scene when wallpapers are installed."""
+"""How often training draws each kind of scene with wallpapers."""
 KIND_WEIGHTS_WITHOUT_WALLPAPERS = {"photo": 0.5, "texture": 0.2, "procedural": 0.3}
 
 
@@ -201,11 +205,44 @@ class TrainingScene:
         return self.canvas.shape[2] == 1
 
 
-def pick_training_scene(rng: np.random.Generator, use_wallpapers: bool = True) -> TrainingScene:
-    """A random training canvas: a wallpaper (if `use_wallpapers`), an skimage photo or texture, or a
-    tabletop scene."""
-    wallpapers = find_wallpapers(wallpaper_roots()) if use_wallpapers else ()
-    weights = KIND_WEIGHTS if wallpapers else KIND_WEIGHTS_WITHOUT_WALLPAPERS
+def installed_wallpapers() -> tuple[Path, ...]:
+    """The wallpapers under `wallpaper_roots()`; an error naming the folders when there are none."""
+    roots = wallpaper_roots()
+    wallpapers = find_wallpapers(roots)
+    if not wallpapers:
+        where = ", ".join(roots) or "no folder ($VIDM_WALLPAPERS is empty)"
+        raise FileNotFoundError(
+            f"no wallpapers found in {where}: install them with `make wallpapers` "
+            "(README, The embedded small model)"
+        )
+    return wallpapers
+
+
+def scene_sources(use_wallpapers: bool) -> str:
+    """What training clips are filmed in, as JSON: the scikit-image pictures, the tabletop bank and,
+    with `use_wallpapers`, how many wallpapers from which folders, with a digest of their names and sizes."""
+    sources: dict[str, object] = {
+        "photos": list(TRAIN_PHOTOS),
+        "textures": list(TRAIN_TEXTURES),
+        "procedural": PROCEDURAL_SCENES,
+        "wallpapers": None,
+    }
+    if use_wallpapers:
+        wallpapers = installed_wallpapers()
+        listing = "\n".join(f"{path.name} {path.stat().st_size}" for path in wallpapers)
+        sources["wallpapers"] = {
+            "count": len(wallpapers),
+            "folders": list(wallpaper_roots()),
+            "sha256": hashlib.sha256(listing.encode()).hexdigest(),
+        }
+    return json.dumps(sources)
+
+
+def pick_training_scene(rng: np.random.Generator, use_wallpapers: bool = False) -> TrainingScene:
+    """A random training canvas: a wallpaper (only with `use_wallpapers`), an skimage photo or
+    texture, or a tabletop scene."""
+    wallpapers = installed_wallpapers() if use_wallpapers else ()
+    weights = KIND_WEIGHTS if use_wallpapers else KIND_WEIGHTS_WITHOUT_WALLPAPERS
     kind = str(rng.choice(list(weights), p=list(weights.values())))
     if kind == "wallpaper":
         path = wallpapers[rng.integers(len(wallpapers))]

@@ -1,8 +1,10 @@
-"""Whole-video factorisation: what is left to do, checking the inputs, streaming the frames through
-Lightning's predict loop (one device, or several with DDP), then assembling the videos.
+"""Whole-video factorisation: what is left to do, checking the inputs' headers, streaming the frames
+through Lightning's predict loop (one device, or several with DDP), then assembling the videos.
 
-Frames are read in order; each is kept at the model's scale only while a later target still needs
-it as context (at most 3k frames back), and at full size only until its own batch is handed out.
+Frames are decoded once, in order, and their pixels checked as they are: a bad frame stops the run
+with one line naming it, after the frames before it are written whole. Each is kept at the model's
+scale only while a later target still needs it as context (at most 3k frames back), and at full
+size only until its own batch is handed out.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ def factorize(jobs: list[FactorizeJob], choice: ModelChoice, options: FactorizeO
     else:
         for job, targets in zip(jobs, todo, strict=True):
             if targets:
-                job.check_inputs(needed_frames(targets, options.frame_skip))
+                job.check_headers(needed_frames(targets, options.frame_skip))
         model, trained = load_model(choice, "cpu", options.dtype, options.unsafe_load)
         resolution = working_resolution(options.resolution, choice.config, trained)
         log.info(
@@ -91,7 +93,7 @@ def factorize(jobs: list[FactorizeJob], choice: ModelChoice, options: FactorizeO
 
 @dataclass
 class FrameStream(IterableDataset):
-    """Yields dicts: `job`, `indices` (B), `frames` (B,H,W,3) uint8 and bool `masks` (B,H,W) at the
+    """Yields dicts: `job`, its `key`, `indices` (B), `frames` (B,H,W,3) uint8 and bool `masks` (B,H,W) at the
     input size, `model_frames` (B,4,h,w,3) and `model_masks` (B,4,h,w): context frames then target,
     scaled so that min(h,w) is the size the model runs at for frames of the input's size.
 
@@ -143,6 +145,7 @@ class FrameStream(IterableDataset):
         samples = [[scaled[i] for i in [*context_indices(t, self.frame_skip), t]] for t in batch]
         return {
             "job": job_number,
+            "key": self.jobs[job_number].key,
             "indices": batch,
             "frames": np.stack([full[t][0] for t in batch]),
             "masks": np.stack([full[t][1] for t in batch]),
@@ -198,9 +201,10 @@ class Factorizer(pl.LightningModule):
         self.blend = options.blend
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> np.ndarray:
-        # One generator per frame: a frame's result does not depend on its batch, device or a resume.
+        # One generator per frame, seeded from the video's key and the frame's number: a frame's result
+        # does not depend on its batch, the device count, a resume or the video's place in a list.
         generators = [
-            seeded_generator(self.device, self.seed, batch["job"], index) for index in batch["indices"]
+            seeded_generator(self.device, self.seed, batch["key"], index) for index in batch["indices"]
         ]
         inpainted = self.inpainter(batch["model_frames"], batch["model_masks"], generators)
         return paste_back(batch["frames"], inpainted, batch["masks"], self.blend)

@@ -37,10 +37,12 @@ def list_images(folder: Path, suffixes: Iterable[str] = IMAGE_SUFFIXES, what: st
     return files
 
 
-def _open_decoded(path: Path) -> Image.Image:
+def _open(path: Path, decode: bool) -> Image.Image:
+    """The image at `path`, its pixels decoded or, without `decode`, only its header read."""
     try:
         image = Image.open(path)
-        image.load()
+        if decode:
+            image.load()
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
@@ -52,23 +54,44 @@ def _channels(image: Image.Image) -> int:
     return len(image.getbands())
 
 
-def read_frame(path: Path) -> np.ndarray:
-    """An RGB frame (H,W,3) uint8; fails on anything that is not a complete 3-channel image."""
-    image = _open_decoded(path)
+def _checked_frame(image: Image.Image, path: Path) -> Image.Image:
     if image.mode != "RGB":
         raise InputError(
             f"{path}: a frame must be an RGB image (3 channels), got mode {image.mode} ({_channels(image)} channels)"
         )
-    return np.asarray(image)
+    return image
 
 
-def read_mask(path: Path) -> np.ndarray:
-    """A mask (H,W) uint8 from a 1- or 3-channel image (the channel maximum); 0/1 label images become 0/255."""
-    image = _open_decoded(path)
+def _checked_mask(image: Image.Image, path: Path) -> Image.Image:
     if image.mode not in MASK_MODES:
         raise InputError(
             f"{path}: a mask must have 1 or 3 channels, got mode {image.mode} ({_channels(image)} channels)"
         )
+    return image
+
+
+def frame_header(path: Path) -> tuple[int, int]:
+    """(height, width) of an RGB frame from its header, without decoding it; fails like `read_frame`
+    on a file that is not an image or not RGB."""
+    with _open(path, decode=False) as image:
+        width, height = _checked_frame(image, path).size
+    return height, width
+
+
+def check_mask_header(path: Path) -> None:
+    """Fail like `read_mask` on a file that is not an image or has the wrong channels, without decoding it."""
+    with _open(path, decode=False) as image:
+        _checked_mask(image, path)
+
+
+def read_frame(path: Path) -> np.ndarray:
+    """An RGB frame (H,W,3) uint8; fails on anything that is not a complete 3-channel image."""
+    return np.asarray(_checked_frame(_open(path, decode=True), path))
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """A mask (H,W) uint8 from a 1- or 3-channel image (the channel maximum); 0/1 label images become 0/255."""
+    image = _checked_mask(_open(path, decode=True), path)
     mask = np.asarray(image.convert("L") if image.mode != "RGB" else image)
     if mask.ndim == 3:
         mask = mask.max(axis=2)

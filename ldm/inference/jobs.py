@@ -8,10 +8,13 @@ OUT/environment.mp4       the environment frames as a video
 OUT/preview.mp4           input | environment, side by side
 
 Each image is written atomically and `environment` last, so a frame whose three images exist is finished.
+Every frame's noise is seeded from (seed, the video's key, its number): the key comes from the video's
+files (`video_key`), so a video gives the same pixels alone, in any line of a list, or moved.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shlex
 from collections.abc import Iterator, Sequence
@@ -22,7 +25,7 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from ldm.inference.images import IMAGE_SUFFIXES, list_images, read_mask, write_image_atomic
+from ldm.inference.images import IMAGE_SUFFIXES, check_mask_header, list_images, write_image_atomic
 from ldm.inference.video import FrameFolder, VideoFile, open_frames, write_mp4
 from ldm.util import InputError
 
@@ -30,6 +33,8 @@ log = logging.getLogger(__name__)
 
 CONTEXT_FRAMES = 3
 DEFAULT_FPS = 30.0
+KEY_BYTES = 1 << 20
+"""How much of a video's first file its key reads."""
 
 Plan = tuple[int, list[int]]
 """(job number, ascending frame indices of one batch)."""
@@ -61,12 +66,29 @@ def process_share(plan: Sequence[Plan], rank: int, processes: int) -> list[Plan]
     return list(plan[rank * len(plan) // processes : (rank + 1) * len(plan) // processes])
 
 
+def video_key(frames: FrameFolder | VideoFile) -> int:
+    """A number that belongs to the video, whatever its path or its place in a list: a digest of the
+    first MiB of its first frame's file and the name and size of every frame file (a frames folder),
+    or of the first MiB and the size of the video file."""
+    if isinstance(frames, FrameFolder):
+        first, listing = frames.files[0], [f"{p.name}:{p.stat().st_size}" for p in frames.files]
+    else:
+        first, listing = frames.path, [str(frames.path.stat().st_size)]
+    digest = hashlib.sha256()
+    with open(first, "rb") as file:
+        digest.update(file.read(KEY_BYTES))
+    digest.update("\n".join(listing).encode())
+    return int.from_bytes(digest.digest()[:8], "little")
+
+
 @dataclass
 class FactorizeJob:
     frames: FrameFolder | VideoFile
     masks: list[Path]
     out: Path
     fps: float
+    key: int
+    """`video_key`: seeds the noise of the video's frames."""
 
     @classmethod
     def open(cls, source: Path, masks: Path, out: Path, fps: float | None = None) -> FactorizeJob:
@@ -75,7 +97,7 @@ class FactorizeJob:
         mask_files = list_images(masks, IMAGE_SUFFIXES, "masks")
         if len(mask_files) != len(frames):
             raise InputError(f"{masks}: {len(mask_files)} masks, but {source} has {len(frames)} frames")
-        return cls(frames, mask_files, out, fps or frames.fps or DEFAULT_FPS)
+        return cls(frames, mask_files, out, fps or frames.fps or DEFAULT_FPS, video_key(frames))
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -85,16 +107,16 @@ class FactorizeJob:
         done = finished_frames(self.out)
         return [index for index in range(len(self)) if index not in done]
 
-    def check_inputs(self, indices: set[int]) -> None:
-        """Decode every frame and mask in `indices` so bad input fails before anything is written."""
-        for index, _ in tqdm(
-            self.frames.frames(indices),
-            total=len(indices),
-            desc=f"checking {self.frames.path.name}",
-            leave=False,
-            disable=None,
+    def check_headers(self, indices: set[int]) -> None:
+        """Fail on a frame or mask of `indices` whose header is wrong (not an image, wrong channels or
+        size) before anything is written, without decoding pixels: the one decode pass, which checks
+        the pixels, is the streaming pass that uses them."""
+        for index in tqdm(
+            sorted(indices), desc=f"checking {self.frames.path.name}", leave=False, disable=None
         ):
-            read_mask(self.masks[index])
+            if isinstance(self.frames, FrameFolder):
+                self.frames.check_header(index)
+            check_mask_header(self.masks[index])
 
 
 def read_job_list(path: Path) -> list[tuple[Path, Path, Path]]:

@@ -27,7 +27,7 @@ from ldm.checkpoint import (
     ema_as_model_weights,
     file_mappings,
     load_state_into,
-    read_state_dict,
+    read_weights,
     release_mapped_pages,
     use_recorded_scale_factor,
 )
@@ -355,7 +355,8 @@ def load_inference_model(model_config: Mapping, checkpoint: str | Path, unsafe: 
     tensors as its own (no copy, no random initialisation); the schedule is then computed on the CPU.
     """
     cfg = inference_config(model_config)
-    state = ema_as_model_weights(read_state_dict(checkpoint, unsafe=unsafe))
+    weights = read_weights(checkpoint, unsafe=unsafe)
+    state = ema_as_model_weights(weights.state)
     with torch.device("meta"):
         model = instantiate_from_config(cfg)
     allow_missing: tuple[str, ...] = SCHEDULE_BUFFERS
@@ -366,7 +367,7 @@ def load_inference_model(model_config: Mapping, checkpoint: str | Path, unsafe: 
         state = {k: v for k, v in state.items() if not k.startswith(CONDITIONER_PREFIX)}
         allow_missing += (CONDITIONER_PREFIX,)
     load_state_into(model, state, checkpoint, allow_missing=allow_missing, assign=True)
-    use_recorded_scale_factor(model, checkpoint)
+    use_recorded_scale_factor(model, weights.scale_factor, checkpoint)
     model.register_schedule(model.num_timesteps, model.linear_start, model.linear_end)
     unloaded = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if unloaded:

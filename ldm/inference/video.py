@@ -9,7 +9,7 @@ from pathlib import Path
 import imageio.v2 as imageio
 import numpy as np
 
-from ldm.inference.images import IMAGE_SUFFIXES, list_images, read_frame
+from ldm.inference.images import IMAGE_SUFFIXES, frame_header, list_images, read_frame
 from ldm.util import InputError, first_line
 
 _VIDEO_ERRORS = (OSError, RuntimeError, ValueError, IndexError)
@@ -23,22 +23,29 @@ class FrameFolder:
     def __init__(self, folder: Path):
         self.path = folder
         self.files = list_images(folder, IMAGE_SUFFIXES, "frames")
-        self.size = read_frame(self.files[0]).shape[:2]
+        self.size = frame_header(self.files[0])
 
     def __len__(self) -> int:
         return len(self.files)
+
+    def check_header(self, index: int) -> None:
+        """Fail on frame `index` if its header says it is not an RGB image of the first frame's size."""
+        self._check_size(frame_header(self.files[index]), self.files[index])
 
     def frames(self, wanted: Iterable[int]) -> Iterator[tuple[int, np.ndarray]]:
         """(index, RGB frame) for the wanted indices, in order; each image is checked as it is read."""
         for index in sorted(set(wanted)):
             path = self.files[index]
             frame = read_frame(path)
-            if frame.shape[:2] != self.size:
-                raise InputError(
-                    f"{path}: frame is {frame.shape[1]}x{frame.shape[0]}, but {self.files[0].name} "
-                    f"is {self.size[1]}x{self.size[0]}"
-                )
+            self._check_size(frame.shape[:2], path)
             yield index, frame
+
+    def _check_size(self, size: tuple[int, ...], path: Path) -> None:
+        if size != self.size:
+            raise InputError(
+                f"{path}: frame is {size[1]}x{size[0]}, but {self.files[0].name} "
+                f"is {self.size[1]}x{self.size[0]}"
+            )
 
 
 class VideoFile:

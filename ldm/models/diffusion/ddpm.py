@@ -68,8 +68,8 @@ class DDPM(DiffusionModel, pl.LightningModule):
         """Load weights (non-strict); a file without EMA weights (e.g. an inference .safetensors)
         starts the EMA from the weights it loaded, and a latent scale factor it records is used."""
         loaded = load_model_weights(self, path, strict=False, ignore_keys=ignore_keys)
-        use_recorded_scale_factor(self, path)
-        if self.use_ema and not any(key.startswith("model_ema.") for key in loaded):
+        use_recorded_scale_factor(self, loaded.scale_factor, path)
+        if self.use_ema and not any(key.startswith("model_ema.") for key in loaded.state):
             self.model_ema = LitEma(self.model, decay=float(self.model_ema.decay))
 
     @contextlib.contextmanager

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from ldm.checkpoint import SCALE_FACTOR_KEY, use_recorded_scale_factor
 from ldm.models.diffusion.core import LatentDiffusionModel
 from ldm.models.diffusion.ddpm import DDPM
 from ldm.util import instantiate_from_config
@@ -82,3 +83,14 @@ class LatentDiffusion(LatentDiffusionModel, DDPM):
         if self.image_logger is None:
             return {}
         return self.image_logger(self, batch, N=N, **kwargs)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The checkpoint records the latent scale factor beside the weights, whose layout stays the
+        published one: a fine-tune, its resume and its conversion sample as they trained."""
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[SCALE_FACTOR_KEY] = float(self.scale_factor)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A resumed run scales its latents as the checkpoint records (over the config's factor)."""
+        super().on_load_checkpoint(checkpoint)
+        use_recorded_scale_factor(self, checkpoint.get(SCALE_FACTOR_KEY), "the resumed checkpoint")
