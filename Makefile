@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Debian's wallpapers, among the scenes scripts/train_small.py trains on (README, The embedded small model).
+# Debian's wallpapers, among the scenes scripts/train_small.py trains on (docs/small_model.md).
 WALLPAPER_PACKAGES := gnome-backgrounds mate-backgrounds plasma-workspace-wallpapers
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
@@ -26,7 +26,7 @@ lint: venv
 wallpapers: venv
 	$(SUDO) apt-get update
 	$(SUDO) apt-get install --yes --no-install-recommends $(WALLPAPER_PACKAGES)
-	$(BIN)/python -c "from ldm.data.synthetic_scenes import installed_wallpapers; print(len(installed_wallpapers()), 'wallpapers found')"
+	$(BIN)/python -c "from ldm.data.synthetic.scenes import installed_wallpapers; print(len(installed_wallpapers()), 'wallpapers found')"
 
 demo: venv
 	$(BIN)/python demo_script.py demo_data

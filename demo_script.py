@@ -15,18 +15,16 @@ from pathlib import Path
 from ldm.inference.cli import (
     add_model_arguments,
     add_sampling_arguments,
-    blending,
-    context_alignment,
     device_and_dtype,
     run_command,
-    sampling_spacing,
-    sampling_steps,
+    sampling_settings,
     setup_logging,
 )
 from ldm.inference.demo import demo_grid, inpaint_demo, read_demo_folder
 from ldm.inference.images import write_image_atomic
 from ldm.inference.inpainter import Inpainter, seeded_generator
-from ldm.inference.model import choose_model, load_model, working_resolution
+from ldm.inference.model import choose_model, load_model
+from ldm.inference.settings import read_model_config, working_resolution
 
 log = logging.getLogger("demo_script")
 
@@ -60,11 +58,17 @@ def demo(args: argparse.Namespace) -> None:
     frames, masks = read_demo_folder(args.target, args.dilation)
     choice = choose_model(args.checkpoint, args.config)
     model, trained = load_model(choice, device, dtype, args.unsafe_load)
-    resolution = working_resolution(args.resolution, choice.config, trained)(*frames.shape[1:3])
-    steps = sampling_steps(args, choice.config)
-    spacing = sampling_spacing(args, choice.config)
-    align = context_alignment(args, choice.config)
-    blend = blending(args, choice.config)
+    settings = sampling_settings(args, choice.config)
+    working = working_resolution(
+        args.resolution, settings.resolution, read_model_config(choice.config), trained
+    )
+    resolution = working(*frames.shape[1:3])
+    steps, spacing, align, blend = (
+        settings.ddim_steps,
+        settings.timestep_spacing,
+        settings.align_context,
+        settings.blend,
+    )
     inpainter = Inpainter(model, dtype, steps, args.eta, spacing, align, tile=trained)
     log.info(
         "sampling 4 frames at %dx%d%s on %s (%s), %d DDIM steps (%s)%s, %s into the masks",

@@ -15,8 +15,8 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import OFFICIAL, ROOT, worker_main  # noqa: E402
-from ldm.data.fixture_data import prepare_fixture_data  # noqa: E402
 from ldm.util import instantiate_from_config  # noqa: E402
+from scripts.make_fixture_data import prepare_fixture_data  # noqa: E402
 
 
 def measure(samples: int) -> dict:

@@ -42,7 +42,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import OFFICIAL, SMALL, SMALL_WEIGHTS, TINY, run_worker  # noqa: E402
-from ldm.inference.model import emulates_bf16  # noqa: E402
+from ldm.inference.device import emulates_bf16  # noqa: E402
 
 SECTIONS = ("unet", "ddim", "load", "train", "data")
 EMULATED = "bf16 is emulated on this CPU (no AMX or AVX512-BF16); --emulated-bf16 times it anyway"

@@ -13,14 +13,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import DTYPES, ROOT, random_weights, timed, worker_main  # noqa: E402
 from ldm.inference.inpainter import Inpainter, seeded_generator  # noqa: E402
-from ldm.inference.model import (  # noqa: E402
-    ModelChoice,
-    inference_config,
-    load_model,
-    model_resolution,
-    prepare_for_inference,
-    read_model_config,
-)
+from ldm.inference.model import ModelChoice, load_model, prepare_for_inference  # noqa: E402
+from ldm.inference.model_config import inference_config  # noqa: E402
+from ldm.inference.settings import model_resolution, read_model_config  # noqa: E402
 from ldm.util import instantiate_from_config  # noqa: E402
 
 

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import ROOT, worker_main  # noqa: E402
-from ldm.inference.model import model_resolution  # noqa: E402
+from ldm.inference.settings import model_resolution  # noqa: E402
 from ldm.util import instantiate_from_config  # noqa: E402
 
 WARM_UP = 3

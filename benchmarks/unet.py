@@ -22,7 +22,8 @@ from benchmarks.common import (  # noqa: E402
     unet_inputs,
     worker_main,
 )
-from ldm.inference.model import precision, prepare_for_inference  # noqa: E402
+from ldm.inference.device import precision  # noqa: E402
+from ldm.inference.model import prepare_for_inference  # noqa: E402
 from ldm.util import instantiate_from_config  # noqa: E402
 
 

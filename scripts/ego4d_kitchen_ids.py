@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ldm.data.preparation import configure_logging, read_json, refuse_overwrite, write_lines
+from ldm.preprocessing.jobs import configure_logging, read_json, refuse_overwrite, write_lines
 from ldm.util import InputError
 
 log = logging.getLogger("ego4d_kitchen_ids")

@@ -42,7 +42,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ldm.data.hand_detection import (
+from ldm.data.images import square_resize
+from ldm.preprocessing.hand_detection import (
     DEFAULT_CONFIG,
     DEFAULT_WEIGHTS,
     SCORE_THRESHOLD,
@@ -50,8 +51,7 @@ from ldm.data.hand_detection import (
     Detectron2HandDetector,
     HandDetector,
 )
-from ldm.data.images import square_resize
-from ldm.data.preparation import Job, configure_logging, read_id_list, run_jobs
+from ldm.preprocessing.jobs import Job, configure_logging, read_id_list, run_jobs
 from ldm.util import InputError, first_line
 
 FRAME_STEP = 10

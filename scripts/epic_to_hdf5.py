@@ -17,7 +17,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ldm.data.preparation import Job, configure_logging, run_jobs
+from ldm.preprocessing.jobs import Job, configure_logging, run_jobs
 from ldm.util import InputError
 
 FRAME_PREFIX = "frame_"

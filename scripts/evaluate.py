@@ -39,20 +39,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ldm.data.alignment import align_to_last
 from ldm.evaluation.baselines import telea, temporal_copy
-from ldm.evaluation.benchmark import EvalSample, demo_folder_samples, synthetic_samples, visor_samples
 from ldm.evaluation.metrics import PerceptualMetrics, frame_metrics
+from ldm.evaluation.samples import EvalSample, demo_folder_samples, synthetic_samples, visor_samples
+from ldm.inference.alignment import align_to_last
 from ldm.inference.blending import paste_back
 from ldm.inference.cli import (
     add_model_arguments,
     add_sampling_arguments,
-    blending,
-    context_alignment,
     device_and_dtype,
     positive_int,
     run_command,
-    sampling_spacing,
+    sampling_settings,
     setup_logging,
 )
 from ldm.inference.images import (
@@ -62,14 +60,8 @@ from ldm.inference.images import (
     write_image_atomic,
 )
 from ldm.inference.inpainter import Inpainter, seeded_generator
-from ldm.inference.model import (
-    REPO_ROOT,
-    ModelChoice,
-    WorkingResolution,
-    choose_model,
-    load_model,
-    working_resolution,
-)
+from ldm.inference.model import REPO_ROOT, ModelChoice, choose_model, load_model
+from ldm.inference.settings import InferenceSettings, WorkingResolution, read_model_config, working_resolution
 from ldm.util import InputError
 
 log = logging.getLogger("evaluate")
@@ -171,13 +163,24 @@ def per_sample_method(fill: Callable[[EvalSample], np.ndarray]) -> Method:
 
 
 def build_methods(
-    args: argparse.Namespace, choice: ModelChoice, spacing: str, align_context: bool, blend: str
+    args: argparse.Namespace, choice: ModelChoice, settings: InferenceSettings
 ) -> tuple[dict[str, Method], int, str, WorkingResolution]:
     """The methods to run, the evaluation size, a description of the model and the size it runs at."""
     device, dtype = device_and_dtype(args)
     model, trained = load_model(choice, device, dtype, args.unsafe_load)
-    inpainter = Inpainter(model, dtype, args.steps, args.eta, spacing, align_context, tile=trained)
-    resolution = working_resolution(args.resolution, choice.config, trained)
+    inpainter = Inpainter(
+        model,
+        dtype,
+        settings.ddim_steps,
+        args.eta,
+        settings.timestep_spacing,
+        settings.align_context,
+        tile=trained,
+    )
+    resolution = working_resolution(
+        args.resolution, settings.resolution, read_model_config(choice.config), trained
+    )
+    blend = settings.blend
     methods: dict[str, Method] = {
         "vidm": model_method(inpainter, resolution, args.batch_size, args.seed, "multi", blend),
         "vidm_single_frame": model_method(inpainter, resolution, args.batch_size, args.seed, "single", blend),
@@ -188,8 +191,9 @@ def build_methods(
     }
     if INPAINTING_BIG.checkpoint.is_file():
         big, big_resolution = load_model(INPAINTING_BIG, device, dtype, args.unsafe_load)
+        big_settings = sampling_settings(args, INPAINTING_BIG.config)
         big_inpainter = Inpainter(
-            big, dtype, args.steps, args.eta, sampling_spacing(args, INPAINTING_BIG.config)
+            big, dtype, big_settings.ddim_steps, args.eta, big_settings.timestep_spacing
         )
         methods["ldm_inpainting_big"] = model_method(
             big_inpainter,
@@ -197,7 +201,7 @@ def build_methods(
             args.batch_size,
             args.seed,
             "image",
-            blending(args, INPAINTING_BIG.config),
+            big_settings.blend,
         )
     else:
         log.info("ldm_inpainting_big skipped: %s not found", INPAINTING_BIG.checkpoint)
@@ -287,10 +291,9 @@ def check_data_arguments(args: argparse.Namespace) -> None:
 def evaluate(args: argparse.Namespace) -> None:
     check_data_arguments(args)
     choice = choose_model(args.checkpoint, args.config)
-    spacing = sampling_spacing(args, choice.config)
-    align_context = context_alignment(args, choice.config)
-    blend = blending(args, choice.config)
-    methods, size, model, resolution = build_methods(args, choice, spacing, align_context, blend)
+    settings = sampling_settings(args, choice.config)
+    methods, size, model, resolution = build_methods(args, choice, settings)
+    spacing, align_context, blend = settings.timestep_spacing, settings.align_context, settings.blend
     samples = load_samples(args, size)
     if not samples:
         raise InputError("no evaluation samples")
@@ -324,7 +327,7 @@ def evaluate(args: argparse.Namespace) -> None:
             "size": size,
             "model": model,
             "model_resolution": model_size,
-            "steps": args.steps,
+            "steps": settings.ddim_steps,
             "spacing": spacing,
             "eta": args.eta,
             "seed": args.seed,
@@ -337,7 +340,7 @@ def evaluate(args: argparse.Namespace) -> None:
     tmp.replace(args.out / "results.json")
     table = results_table(results)
     (args.out / "results.md.partial").write_text(
-        f"{len(samples)} {args.data} samples at {size} px; {model} at {model_size} px; DDIM {args.steps} steps ({spacing}), eta {args.eta}{' (context aligned)' if align_context else ''}, {blend}\n\n{table}"
+        f"{len(samples)} {args.data} samples at {size} px; {model} at {model_size} px; DDIM {settings.ddim_steps} steps ({spacing}), eta {args.eta}{' (context aligned)' if align_context else ''}, {blend}\n\n{table}"
     )
     (args.out / "results.md.partial").replace(args.out / "results.md")
     write_image_atomic(args.out / "grid.png", grid(samples, predictions))

@@ -21,13 +21,10 @@ from pathlib import Path
 from ldm.inference.cli import (
     add_model_arguments,
     add_sampling_arguments,
-    blending,
-    context_alignment,
     device_and_dtype,
     positive_int,
     run_command,
-    sampling_spacing,
-    sampling_steps,
+    sampling_settings,
     setup_logging,
 )
 from ldm.inference.factorize import FactorizeOptions, factorize
@@ -101,10 +98,7 @@ def run(args: argparse.Namespace) -> None:
         frame_skip=args.frame_skip,
         dilation=args.dilation,
         batch_size=args.batch_size,
-        steps=sampling_steps(args, choice.config),
-        spacing=sampling_spacing(args, choice.config),
-        align_context=context_alignment(args, choice.config),
-        blend=blending(args, choice.config),
+        settings=sampling_settings(args, choice.config),
         eta=args.eta,
         seed=args.seed,
         resolution=args.resolution,

@@ -68,10 +68,10 @@ from benchmarks.training_memory import (  # noqa: E402
     training_batch,
     training_model,
 )
-from ldm.data.fixture_data import prepare_fixture_data  # noqa: E402
-from ldm.inference.model import native_bf16, resolve_device  # noqa: E402
+from ldm.inference.device import native_bf16, resolve_device  # noqa: E402
 from ldm.modules.diffusionmodules import openaimodel  # noqa: E402
 from ldm.util import first_line, instantiate_from_config  # noqa: E402
+from scripts.make_fixture_data import prepare_fixture_data  # noqa: E402
 
 log = logging.getLogger("gpu_smoke")
 TINY = REPO / "configs" / "inpaint_4frame_tiny.yaml"

@@ -18,8 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ldm.data.synthetic import make_sequence
-from ldm.data.synthetic_scenes import to_uint8_canvas
+from ldm.data.synthetic.scenes import to_uint8_canvas
+from ldm.data.synthetic.sequences import make_sequence
 
 DEMO_SEED = 3
 SIZE = 256

@@ -18,7 +18,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ldm.data.preparation import configure_logging, refuse_overwrite, write_lines
+from ldm.preprocessing.jobs import configure_logging, refuse_overwrite, write_lines
 from ldm.util import InputError
 
 log = logging.getLogger("make_splits")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train the embedded small VIDM from scratch and install it as models/vidm_small/vidm_small.safetensors.
 
-main.py runs on synthetic sequences (ldm.data.synthetic), then a conversion:
+main.py runs on synthetic sequences (ldm.data.synthetic.sequences), then a conversion:
   1. the VQ f4 first stage on whole frames (configs/vq_f4_small.yaml), then its decoder alone
      (encoder and codebook fixed) on whole frames of all the training scenes, wallpapers included,
   2. the 4-frame VIDM on top of it (configs/vidm_small.yaml), its latents scaled to unit variance
@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from ldm.data.synthetic import SyntheticFrames
-from ldm.data.synthetic_scenes import scene_sources
-from ldm.inference.model import native_bf16
+from ldm.data.synthetic.scenes import scene_sources
+from ldm.data.synthetic.sequences import SyntheticFrames
+from ldm.inference.device import native_bf16
 from ldm.training.trainer import parse_gpus
 from ldm.util import instantiate_from_config
 

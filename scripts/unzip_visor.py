@@ -17,7 +17,7 @@ import zlib
 from functools import partial
 from pathlib import Path
 
-from ldm.data.preparation import Job, atomic_output, configure_logging, run_jobs
+from ldm.preprocessing.jobs import Job, atomic_output, configure_logging, run_jobs
 from ldm.util import InputError
 
 

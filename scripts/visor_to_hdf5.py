@@ -37,7 +37,6 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ldm.data.preparation import Job, configure_logging, read_json, run_jobs, shard_of
 from ldm.data.visor import (
     DENSE_SIZE,
     EPIC_SIZE,
@@ -47,6 +46,7 @@ from ldm.data.visor import (
     hands_present,
     sparse_frame_number,
 )
+from ldm.preprocessing.jobs import Job, configure_logging, read_json, run_jobs, shard_of
 from ldm.util import InputError
 
 DENSE_SUFFIX = "_interpolations"

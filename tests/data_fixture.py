@@ -1,4 +1,4 @@
-"""The miniature EPIC/VISOR/EGO4D data of ldm.data.fixture_data, built once per test session.
+"""The miniature EPIC/VISOR/EGO4D data of scripts/make_fixture_data.py, built once per test session.
 
 `shared_fixture_data(tmp_path_factory)` returns the environment variables that
 `configs/inpaint_4frame.yaml` reads, plus VISOR_TRAIN_LIST / VISOR_VAL_LIST for the config's
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import pytest
 
-from ldm.data.fixture_data import prepare_fixture_data
+from scripts.make_fixture_data import prepare_fixture_data
 
 ENV_FILE = "fixture_env.txt"
 

@@ -9,11 +9,12 @@ import torch
 from skimage import data as skimage_data
 
 import ldm.inference.inpainter as inpainter_module
-from ldm.data.alignment import align_to_last
-from ldm.data.synthetic import SyntheticHands, dilate
-from ldm.data.synthetic_scenes import to_uint8_canvas
+from ldm.data.synthetic.scenes import to_uint8_canvas
+from ldm.data.synthetic.sequences import SyntheticHands, dilate
+from ldm.inference.alignment import align_to_last
 from ldm.inference.inpainter import Inpainter, seeded_generator
-from ldm.inference.model import OFFICIAL_CONFIG, SMALL_CONFIG, default_context_alignment
+from ldm.inference.model import OFFICIAL_CONFIG, SMALL_CONFIG
+from ldm.inference.settings import InferenceSettings
 from ldm.util import InputError
 from tests.conftest import ROOT
 from tests.test_inference_support import single_thread
@@ -97,12 +98,14 @@ def test_the_inpainter_samples_from_aligned_context(small_model, monkeypatch):
 
 
 def test_alignment_default_comes_from_the_model_config(tmp_path):
-    assert default_context_alignment(ROOT / OFFICIAL_CONFIG) is False, "the published method does not align"
-    assert default_context_alignment(ROOT / SMALL_CONFIG) is True
+    assert InferenceSettings.from_config(ROOT / OFFICIAL_CONFIG).align_context is False, (
+        "the published method does not align"
+    )
+    assert InferenceSettings.from_config(ROOT / SMALL_CONFIG).align_context is True
     config = tmp_path / "small.yaml"
     config.write_text("model: {target: x}\ninference: {align_context: maybe}\n")
     with pytest.raises(InputError, match=r"small.yaml: inference.align_context must be true or false"):
-        default_context_alignment(config)
+        InferenceSettings.from_config(config)
 
 
 def test_training_clips_register_where_the_hand_hides_the_scene():

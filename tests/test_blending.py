@@ -13,7 +13,8 @@ from skimage import data as skimage_data
 import demo_script
 from ldm.inference.blending import blend, harmonic_fill, paste_back, poisson_blend
 from ldm.inference.images import composite, from_model_scale
-from ldm.inference.model import OFFICIAL_CONFIG, SMALL_CONFIG, default_blend
+from ldm.inference.model import OFFICIAL_CONFIG, SMALL_CONFIG
+from ldm.inference.settings import InferenceSettings
 from ldm.util import InputError
 from tests.conftest import ROOT
 from tests.test_evaluate import evaluate
@@ -95,12 +96,14 @@ def test_blend_paste_is_a_composite_and_bad_names_are_refused():
 
 
 def test_blend_default_comes_from_the_model_config(tmp_path):
-    assert default_blend(ROOT / OFFICIAL_CONFIG) == "paste", "the published method pastes"
-    assert default_blend(ROOT / SMALL_CONFIG) == "poisson"
+    assert InferenceSettings.from_config(ROOT / OFFICIAL_CONFIG).blend == "paste", (
+        "the published method pastes"
+    )
+    assert InferenceSettings.from_config(ROOT / SMALL_CONFIG).blend == "poisson"
     config = tmp_path / "small.yaml"
     config.write_text("model: {target: x}\ninference: {blend: feather}\n")
     with pytest.raises(InputError, match=r"small.yaml: inference.blend must be one of paste, poisson"):
-        default_blend(config)
+        InferenceSettings.from_config(config)
 
 
 @pytest.mark.weights

@@ -21,7 +21,8 @@ from ldm.checkpoint import (
     read_state_dict,
     release_mapped_pages,
 )
-from ldm.inference.model import inference_config, load_inference_model, prepare_for_inference
+from ldm.inference.model import load_inference_model, prepare_for_inference
+from ldm.inference.model_config import inference_config
 from ldm.models.diffusion.latent_diffusion import LatentDiffusion
 from ldm.util import instantiate_from_config
 from tests.conftest import ROOT, reference_config

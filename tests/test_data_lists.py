@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ldm.data.fixture_data import load_script
+from scripts.make_fixture_data import load_script
 from tests.conftest import ROOT
 
 DATA = ROOT / "data"

@@ -11,11 +11,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ldm.data import fixture_data
 from ldm.data.ego4d_backgrounds import Backgrounds
-from ldm.data.fixture_data import RAW_DIR
 from ldm.data.no_hands import NoHands
 from ldm.util import instantiate_from_config
+from scripts import make_fixture_data as fixture_data
+from scripts.make_fixture_data import RAW_DIR
 from tests.data_fixture import shared_fixture_data
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,9 +16,9 @@ import h5py
 import numpy as np
 import pytest
 
-from ldm.data import fixture_data
-from ldm.data.fixture_data import RAW_DIR, SCRIPTS, load_script
-from ldm.data.hand_detection import DetectorUnavailable, Detectron2HandDetector
+from ldm.preprocessing.hand_detection import DetectorUnavailable, Detectron2HandDetector
+from scripts import make_fixture_data as fixture_data
+from scripts.make_fixture_data import RAW_DIR, SCRIPTS, load_script
 from tests.data_fixture import shared_fixture_data
 
 epic_to_hdf5 = load_script("epic_to_hdf5")

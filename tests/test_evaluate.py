@@ -13,11 +13,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ldm.data import fixture_data
 from ldm.evaluation.baselines import telea, temporal_copy
-from ldm.evaluation.benchmark import EvalSample, demo_folder_samples, synthetic_samples
 from ldm.evaluation.metrics import PerceptualMetrics, psnr, ssim
+from ldm.evaluation.samples import EvalSample, demo_folder_samples, synthetic_samples
 from ldm.inference.demo import read_demo_folder
+from scripts import make_fixture_data as fixture_data
 from tests.conftest import ROOT
 from tests.data_fixture import shared_fixture_data
 from tests.test_inference_support import single_thread

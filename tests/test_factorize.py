@@ -20,7 +20,7 @@ import ldm.inference.factorize as factorize_module
 import ldm.inference.video as video_module
 from ldm.inference.factorize import FrameStream
 from ldm.inference.jobs import FactorizeJob, context_indices, needed_frames, plan_batches, read_job_list
-from ldm.inference.model import WorkingResolution
+from ldm.inference.settings import WorkingResolution
 from tests.conftest import ROOT
 from tests.test_inference_support import (
     assert_one_error_line,

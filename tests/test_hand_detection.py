@@ -22,15 +22,15 @@ import numpy as np
 import pytest
 import torch
 
-import ldm.data.fixture_data as fixture
-from ldm.data.fixture_data import load_script
-from ldm.data.hand_detection import (
+import scripts.make_fixture_data as fixture
+from ldm.preprocessing.hand_detection import (
     DetectorUnavailable,
     Detectron2HandDetector,
     detector_inputs,
     frames_with_hand,
     require_complete_load,
 )
+from scripts.make_fixture_data import load_script
 
 ego4d_to_hdf5 = load_script("ego4d_to_hdf5")
 

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ldm.inference.device import resolve_device, resolve_dtype
 from ldm.inference.images import (
     list_images,
     mask_at_frame,
@@ -35,15 +36,10 @@ from ldm.inference.model import (
     SMALL_WEIGHTS,
     ModelChoice,
     choose_model,
-    default_ddim_steps,
-    default_timestep_spacing,
     load_model,
-    model_resolution,
     prepare_for_inference,
-    read_model_config,
-    resolve_device,
-    resolve_dtype,
 )
+from ldm.inference.settings import InferenceSettings, model_resolution, read_model_config
 from ldm.util import InputError
 from tests.conftest import ROOT
 from tests.test_inference_support import scene, single_thread, write_small_model
@@ -133,28 +129,57 @@ def test_explicit_bf16_on_a_cpu_that_emulates_it_is_run_with_a_warning(monkeypat
     # The CPU's instruction set cannot be changed here: the two feature probes are stood in for.
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: native)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
-    with caplog.at_level(logging.WARNING, logger="ldm.inference.model"):
+    with caplog.at_level(logging.WARNING, logger="ldm.inference.device"):
         assert resolve_dtype("bf16", resolve_device("cpu")) == torch.bfloat16
     assert ("emulates bf16" in caplog.text) is not native
 
 
 def test_default_ddim_steps_come_from_the_model_config(tmp_path):
-    assert default_ddim_steps(ROOT / OFFICIAL_CONFIG) == 200, "the published demo's count"
+    assert InferenceSettings.from_config(ROOT / OFFICIAL_CONFIG).ddim_steps == 200, (
+        "the published demo's count"
+    )
     config = tmp_path / "small.yaml"
     config.write_text("model: {target: x}\ninference: {ddim_steps: 40}\n")
-    assert default_ddim_steps(config) == 40
+    assert InferenceSettings.from_config(config).ddim_steps == 40
 
 
 def test_default_timestep_spacing_comes_from_the_model_config(tmp_path):
-    assert default_timestep_spacing(ROOT / OFFICIAL_CONFIG) == "leading", "LDM's, as published"
+    assert InferenceSettings.from_config(ROOT / OFFICIAL_CONFIG).timestep_spacing == "leading", (
+        "LDM's, as published"
+    )
     config = tmp_path / "small.yaml"
     config.write_text("model: {target: x}\ninference: {timestep_spacing: trailing}\n")
-    assert default_timestep_spacing(config) == "trailing"
+    assert InferenceSettings.from_config(config).timestep_spacing == "trailing"
     config.write_text("model: {target: x}\ninference: {timestep_spacing: linspace}\n")
     with pytest.raises(
         InputError, match=r"small.yaml: inference.timestep_spacing must be one of leading, trailing"
     ):
-        default_timestep_spacing(config)
+        InferenceSettings.from_config(config)
+
+
+@pytest.mark.parametrize(
+    "node, message",
+    [
+        ("{ddim_steps: 0}", "inference.ddim_steps must be a positive whole number, got 0"),
+        ("{ddim_steps: true}", "inference.ddim_steps must be a positive whole number, got True"),
+        ("{resolution: -64}", "inference.resolution must be a positive whole number, got -64"),
+        ("{steps: 5}", "inference.steps: not a setting (the settings: ddim_steps, timestep_spacing"),
+        ("[1, 2]", "inference must be a mapping of settings"),
+    ],
+)
+def test_a_bad_inference_setting_is_one_line_naming_the_file_and_the_field(tmp_path, node, message):
+    config = tmp_path / "model.yaml"
+    config.write_text(f"model: {{target: x}}\ninference: {node}\n")
+    with pytest.raises(InputError) as raised:
+        InferenceSettings.from_config(config)
+    assert str(raised.value).startswith(f"{config}: {message}") and "\n" not in str(raised.value)
+
+
+def test_command_line_options_take_the_place_of_the_settings():
+    settings = InferenceSettings.from_config(ROOT / SMALL_CONFIG)
+    overridden = settings.overridden(ddim_steps=7, timestep_spacing=None, align_context=False, blend=None)
+    assert (overridden.ddim_steps, overridden.align_context) == (7, False)
+    assert (overridden.timestep_spacing, overridden.blend) == (settings.timestep_spacing, settings.blend)
 
 
 def test_bf16_weights_keep_norms_and_schedule_in_float32(small_model):

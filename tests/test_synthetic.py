@@ -11,10 +11,10 @@ import cv2
 import numpy as np
 import pytest
 
-import ldm.data.synthetic_scenes as scenes
-from ldm.data.synthetic import SyntheticFrames, SyntheticHands, make_sequence
-from ldm.data.synthetic_motion import revealed_fraction
-from ldm.evaluation.benchmark import SYNTHETIC_SEED_OFFSET
+import ldm.data.synthetic.scenes as scenes
+from ldm.data.synthetic.motion import revealed_fraction
+from ldm.data.synthetic.sequences import SyntheticFrames, SyntheticHands, make_sequence
+from ldm.evaluation.samples import SYNTHETIC_SEED_OFFSET
 from tests.conftest import FIXTURES, ROOT
 
 sys.path.insert(0, str(ROOT))

@@ -12,18 +12,9 @@ import torch
 
 from ldm.checkpoint import CheckpointError
 from ldm.inference.blending import BLENDS
-from ldm.inference.model import (
-    DTYPE_CHOICES,
-    OFFICIAL_CONFIG,
-    OFFICIAL_WEIGHTS,
-    SMALL_WEIGHTS,
-    default_blend,
-    default_context_alignment,
-    default_ddim_steps,
-    default_timestep_spacing,
-    resolve_device,
-    resolve_dtype,
-)
+from ldm.inference.device import DTYPE_CHOICES, resolve_device, resolve_dtype
+from ldm.inference.model import OFFICIAL_CONFIG, OFFICIAL_WEIGHTS, SMALL_WEIGHTS
+from ldm.inference.settings import InferenceSettings
 from ldm.models.diffusion.ddim import SPACINGS
 from ldm.util import InputError, first_line
 
@@ -103,24 +94,15 @@ def add_sampling_arguments(
     )
 
 
-def sampling_steps(args: argparse.Namespace, config: Path) -> int:
-    """--steps, or the model config's default DDIM steps."""
-    return args.steps or default_ddim_steps(config)
-
-
-def sampling_spacing(args: argparse.Namespace, config: Path) -> str:
-    """--spacing, or the model config's default DDIM timestep spacing."""
-    return args.spacing or default_timestep_spacing(config)
-
-
-def context_alignment(args: argparse.Namespace, config: Path) -> bool:
-    """--align-context / --no-align-context, or the model config's default."""
-    return default_context_alignment(config) if args.align_context is None else args.align_context
-
-
-def blending(args: argparse.Namespace, config: Path) -> str:
-    """--blend, or the model config's default."""
-    return args.blend or default_blend(config)
+def sampling_settings(args: argparse.Namespace, config: Path) -> InferenceSettings:
+    """The model config's inference settings, with the sampling options given on the command line in
+    their place (--resolution is kept apart: it is not capped by the frames' size, see WorkingResolution)."""
+    return InferenceSettings.from_config(config).overridden(
+        ddim_steps=args.steps,
+        timestep_spacing=args.spacing,
+        align_context=args.align_context,
+        blend=args.blend,
+    )
 
 
 def device_and_dtype(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:

@@ -38,7 +38,8 @@ from ldm.inference.jobs import (
     process_share,
     write_frame_layers,
 )
-from ldm.inference.model import ModelChoice, WorkingResolution, load_model, working_resolution
+from ldm.inference.model import ModelChoice, load_model
+from ldm.inference.settings import InferenceSettings, WorkingResolution, read_model_config, working_resolution
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,8 @@ class FactorizeOptions:
     frame_skip: int = 36
     dilation: int = 7
     batch_size: int = 4
-    steps: int = 200
-    spacing: str = "leading"
-    align_context: bool = False
-    blend: str = "paste"
+    settings: InferenceSettings = InferenceSettings()
+    """DDIM steps and spacing, context alignment, blending, preferred resolution (the model's, or --flags)."""
     eta: float = 1.0
     seed: int = 0
     resolution: int | None = None
@@ -73,7 +72,9 @@ def factorize(jobs: list[FactorizeJob], choice: ModelChoice, options: FactorizeO
             if targets:
                 job.check_headers(needed_frames(targets, options.frame_skip))
         model, trained = load_model(choice, "cpu", options.dtype, options.unsafe_load)
-        resolution = working_resolution(options.resolution, choice.config, trained)
+        resolution = working_resolution(
+            options.resolution, options.settings.resolution, read_model_config(choice.config), trained
+        )
         log.info(
             "%d of %d frames to do on %s (%s), %d device(s)",
             sum(map(len, todo)),
@@ -191,14 +192,14 @@ class Factorizer(pl.LightningModule):
         self.inpainter = Inpainter(
             model,
             options.dtype,
-            options.steps,
+            options.settings.ddim_steps,
             options.eta,
-            options.spacing,
-            options.align_context,
+            options.settings.timestep_spacing,
+            options.settings.align_context,
             tile=resolution.trained,
         )
         self.seed = options.seed
-        self.blend = options.blend
+        self.blend = options.settings.blend
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> np.ndarray:
         # One generator per frame, seeded from the video's key and the frame's number: a frame's result

@@ -22,8 +22,8 @@ from einops import rearrange
 from torch import nn
 from tqdm.auto import tqdm
 
-from ldm.data.alignment import align_to_last
-from ldm.inference.model import precision
+from ldm.inference.alignment import align_to_last
+from ldm.inference.device import precision
 from ldm.models.diffusion.ddim import SPACINGS, Generators, ddim_timesteps
 from ldm.util import InputError, to_uint8
 
@@ -98,7 +98,7 @@ class Inpainter:
         The result is the model's output wherever a tile was sampled (everywhere for a frame that is
         one tile) and the target elsewhere; pasting the original back outside the mask is the
         caller's job. With `align_context` the context frames are first warped onto their target's
-        view (ldm.data.alignment).
+        view (ldm.inference.alignment).
         """
         if self.align_context:
             aligned = [align_to_last(f, m) for f, m in zip(frames, masks, strict=True)]

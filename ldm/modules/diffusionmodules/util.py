@@ -45,8 +45,8 @@ class GroupNorm32(nn.GroupNorm):
     The CPU kernel takes float32 weights beside bf16 inputs; elsewhere the (C,) weights are cast to
     the input's dtype. Autocast is kept out so that CUDA does not upcast the whole input to float32.
     When gradients flow through a bf16/fp16 channels-last input on the CPU, the norm runs on a
-    contiguous copy: PyTorch's channels-last CPU backward is 2 to 7 times slower there (README,
-    Speed and memory), which the two copies more than repay.
+    contiguous copy: PyTorch's channels-last CPU backward is much slower there than its contiguous
+    one (docs/performance.md), which the two copies more than repay.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

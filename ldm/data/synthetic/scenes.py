@@ -213,7 +213,7 @@ def installed_wallpapers() -> tuple[Path, ...]:
         where = ", ".join(roots) or "no folder ($VIDM_WALLPAPERS is empty)"
         raise FileNotFoundError(
             f"no wallpapers found in {where}: install them with `make wallpapers` "
-            "(README, The embedded small model)"
+            "(docs/small_model.md)"
         )
     return wallpapers
 

@@ -2,8 +2,8 @@
 
 Held-out sequences (the evaluation benchmark, demo_data/) pan and zoom straight across a held-out
 scikit-image photograph, with hands that move fast; they are frozen: the same seed gives the same
-frames and masks. Training sequences film many more scenes (ldm.data.synthetic_scenes) with a
-head-mounted-like camera (ldm.data.synthetic_motion) and hands on smooth paths, so earlier frames
+frames and masks. Training sequences film many more scenes (ldm.data.synthetic.scenes) with a
+head-mounted-like camera (ldm.data.synthetic.motion) and hands on smooth paths, so earlier frames
 show most of what a hand covers in the last one. Everything is drawn from a seed, so a sequence is
 reproducible from (split, index, wallpapers): Debian's wallpapers are among the training scenes only
 where a caller asks for them (`wallpapers`), and asking where none are installed is an error.
@@ -17,10 +17,9 @@ import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
-from ldm.data.alignment import align_to_last
-from ldm.data.synthetic_hands import hand_alphas, hand_tracks, moving_hand_tracks, paint_hands
-from ldm.data.synthetic_motion import head_motion, render_views, view_cameras
-from ldm.data.synthetic_scenes import (
+from ldm.data.synthetic.hands import hand_alphas, hand_tracks, moving_hand_tracks, paint_hands
+from ldm.data.synthetic.motion import head_motion, render_views, view_cameras
+from ldm.data.synthetic.scenes import (
     HELDOUT_PHOTOS,
     HELDOUT_TEXTURES,
     installed_wallpapers,
@@ -31,6 +30,7 @@ from ldm.data.synthetic_scenes import (
     tinted,
     to_uint8_canvas,
 )
+from ldm.inference.alignment import align_to_last
 
 SPLITS = ("train", "heldout")
 
@@ -145,7 +145,7 @@ def inpainting_sample(
 ) -> dict[str, np.ndarray]:
     """The NoHands sample format: target, masked frames, ±1 masks and the latent loss mask.
 
-    align_context warps the context frames onto the target's view (ldm.data.alignment).
+    align_context warps the context frames onto the target's view (ldm.inference.alignment).
     """
     masks = dilate(seq.masks, mask_dilation)
     to_pm1 = seq.clean * 2 - 1

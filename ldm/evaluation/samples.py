@@ -1,6 +1,6 @@
 """Evaluation samples with ground truth: a hand mask over frames whose true pixels are known.
 
-Synthetic: held-out sequences (ldm.data.synthetic), the hands drawn over the clean frames.
+Synthetic: held-out sequences (ldm.data.synthetic.sequences), the hands drawn over the clean frames.
 Demo folder: real frames with hand masks (the demo's format); each frame gets a hole shaped like
 another frame's hand, where its true pixels are known.
 VISOR: `NoHands` validation samples, i.e. hands of one EPIC-KITCHENS clip pasted onto hand-free
@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from ldm.data.no_hands import NoHands
-from ldm.data.synthetic import dilate, make_sequence
-from ldm.data.synthetic_scenes import to_uint8_canvas
+from ldm.data.synthetic.scenes import to_uint8_canvas
+from ldm.data.synthetic.sequences import dilate, make_sequence
 from ldm.inference.demo import ORDERS, read_demo_folder
 
 SYNTHETIC_SEED_OFFSET = 10_000_000
