@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 WALLPAPER_PACKAGES := gnome-backgrounds mate-backgrounds plasma-workspace-wallpapers
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: venv test lint demo wallpapers clean
+.PHONY: venv test test-slow lint demo wallpapers clean
 
 venv: $(STAMP)
 
@@ -18,7 +18,10 @@ $(STAMP): requirements-test.txt pyproject.toml
 	touch $(STAMP)
 
 test: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: venv
+	$(BIN)/python -m pytest -q -m slow
 
 lint: venv
 	$(BIN)/ruff check .

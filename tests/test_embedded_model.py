@@ -142,6 +142,7 @@ def test_train_small_refuses_to_start_without_the_wallpapers_unless_told(tmp_pat
         ]
 
 
+@pytest.mark.slow
 def test_train_small_runs_resumes_and_installs(tmp_path):
     """The documented training command with one step per phase (VQ on crops, then on whole frames;
     its decoder alone; VIDM with a still camera, then with motion): trains, converts, then skips

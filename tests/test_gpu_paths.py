@@ -162,6 +162,7 @@ def test_memory_estimate_counts_the_weights_and_what_checkpointing_saves():
     assert estimate(TINY, 2, "bf16-mixed", use_checkpoint=False).peak_gib < plain.peak_gib
 
 
+@pytest.mark.slow
 def test_the_gpu_smoke_script_runs_every_check_on_the_cpu(tmp_path):
     """scripts/gpu_smoke.py --cpu: the dry run of what a GPU machine runs, so the script keeps working."""
     report_path = tmp_path / "smoke.json"
