@@ -9,12 +9,23 @@ for such footage; for other frame rates use about 0.65 s x fps (e.g. 20 at 30 fp
 
 Outputs, at the input resolution, in OUT: masks/%05d.png, agent/%05d.png (RGBA), environment/%05d.png,
 environment.mp4 and preview.mp4 (input | environment). A rerun skips frames already written and
-reassembles the videos when they are missing or older than a frame.
+reassembles the videos when they are missing or older than a frame. The run's summary (frames
+written, skipped, failed and why, frames/s per process) goes to OUT/factorize_summary.json, or
+LIST.summary.json beside a --list file, and into the last line of the log.
+
+Several nodes: launch the same command on every node under torchrun or SLURM (they set each
+process's rank), with --num-nodes N and --devices per node, all nodes writing to shared storage; the
+frames are shared out over every process of every node. After a lost node, run the same command on
+every node again: it does only what is missing.
+
+    torchrun --nnodes 2 --nproc-per-node 4 --node-rank $NODE_RANK --master-addr $HOST --master-port 29500 \
+        scripts/factorize.py --list videos.txt --num-nodes 2 --devices 4
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -30,6 +41,7 @@ from ldm.inference.cli import (
 from ldm.inference.factorize import FactorizeOptions, factorize
 from ldm.inference.jobs import DEFAULT_FPS, FactorizeJob, read_job_list
 from ldm.inference.model import choose_model
+from ldm.util import InputError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -70,7 +82,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--devices",
         type=positive_int,
         default=1,
-        help="spread the frames over this many devices with DDP (default 1)",
+        help="spread the frames over this many devices (processes) per node with DDP (default 1)",
+    )
+    parser.add_argument(
+        "--num-nodes",
+        type=positive_int,
+        default=1,
+        help="nodes taking part, each launched by torchrun or SLURM with the same command (default 1)",
+    )
+    parser.add_argument(
+        "--summary",
+        type=Path,
+        help="where the run's JSON summary goes (default OUT/factorize_summary.json, or "
+        "LIST.summary.json beside a --list file)",
     )
     add_model_arguments(parser)
     add_sampling_arguments(parser)
@@ -86,7 +110,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+LAUNCHER_VARIABLES = ("WORLD_SIZE", "SLURM_NTASKS", "NODE_RANK")
+"""One of these is set where a launcher started the process: torchrun, SLURM, or by hand for Lightning."""
+
+
+def check_launcher(num_nodes: int) -> None:
+    """Several nodes need a launcher on each of them: without one, the run would wait for nodes that
+    never come."""
+    if num_nodes > 1 and not any(name in os.environ for name in LAUNCHER_VARIABLES):
+        raise InputError(
+            f"--num-nodes {num_nodes}: no launcher started this process (none of {', '.join(LAUNCHER_VARIABLES)} "
+            "is set); run the command on every node under torchrun or srun (see --help)"
+        )
+
+
 def run(args: argparse.Namespace) -> None:
+    check_launcher(args.num_nodes)
     device, dtype = device_and_dtype(args)
     if args.list is not None:
         entries = read_job_list(args.list)
@@ -105,9 +144,21 @@ def run(args: argparse.Namespace) -> None:
         dtype=dtype,
         device=device,
         devices=args.devices,
+        num_nodes=args.num_nodes,
         unsafe_load=args.unsafe_load,
     )
-    factorize(jobs, choice, options)
+    summary_path = args.summary or default_summary_path(args)
+    summary = factorize(jobs, choice, options, summary_path)
+    if summary is not None and summary.failures:
+        first, others = summary.failures[0], len(summary.failures) - 1
+        more = f" (and {others} more video{'s' if others > 1 else ''})" if others else ""
+        raise InputError(f"{first.error}{more}; {summary.failed} frames not written, see {summary_path}")
+
+
+def default_summary_path(args: argparse.Namespace) -> Path:
+    if args.list is not None:
+        return args.list.with_name(f"{args.list.stem}.summary.json")
+    return args.out / "factorize_summary.json"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,8 +7,17 @@ The released weights are absent: the model is the reference's randomly initialis
 from __future__ import annotations
 
 import collections
+import contextlib
 import importlib.util
+import json
+import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import imageio.v2 as imageio
 import numpy as np
@@ -19,7 +28,14 @@ from PIL import Image
 import ldm.inference.factorize as factorize_module
 import ldm.inference.video as video_module
 from ldm.inference.factorize import FrameStream
-from ldm.inference.jobs import FactorizeJob, context_indices, needed_frames, plan_batches, read_job_list
+from ldm.inference.jobs import (
+    FactorizeJob,
+    context_indices,
+    finished_frames,
+    needed_frames,
+    plan_batches,
+    read_job_list,
+)
 from ldm.inference.settings import WorkingResolution
 from tests.conftest import ROOT
 from tests.test_inference_support import (
@@ -57,6 +73,15 @@ def small(tmp_path, reference):
     config, checkpoint = write_small_model(tmp_path / "model", reference)
     with single_thread():
         yield ["--config", str(config), "--checkpoint", str(checkpoint)]
+
+
+def run_summary(out: Path) -> dict:
+    return json.loads((out / "factorize_summary.json").read_text())
+
+
+def outputs(out: Path) -> list[Path]:
+    """The finished outputs of a factorisation: its frames and videos, not its summary."""
+    return [p for p in out.rglob("*") if p.is_file() and p.name != "factorize_summary.json"]
 
 
 FAST = ["--steps", "4", "--frame-skip", "2", "--batch-size", "4", "--device", "cpu"]
@@ -115,18 +140,23 @@ def test_ten_frames_non_square_with_small_masks(small, tmp_path):
 
 
 def test_second_run_has_nothing_to_do_and_resume_redoes_only_missing_frames(small, tmp_path, caplog):
+    """Every run rewrites its summary (factorize_summary.json) and nothing else that is finished."""
     frames, masks = write_sequence(tmp_path / "seq", 6, height=32, width=32)
     out = tmp_path / "out"
     args = ["--frames", str(frames), "--masks", str(masks), "--out", str(out), *FAST, *small]
     assert factorize(*args) == 0
-    written = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    first = run_summary(out)
+    assert (first["frames"], first["written"], first["skipped"], first["failed"]) == (6, 6, 0, 0)
+    written = {p: p.stat().st_mtime_ns for p in outputs(out)}
 
     checkpoint = args[args.index("--checkpoint") + 1]
     shutil.move(checkpoint, checkpoint + ".away")  # a second run must not even need the model
     caplog.set_level("INFO")
     assert factorize(*args) == 0
     assert "nothing to do: all 6 frames are already written" in caplog.text
-    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == written
+    assert {p: p.stat().st_mtime_ns for p in outputs(out)} == written
+    second = run_summary(out)
+    assert (second["written"], second["skipped"], second["processes"]) == (0, 6, [])
 
     shutil.move(checkpoint + ".away", checkpoint)
     for index in (1, 4):
@@ -135,6 +165,10 @@ def test_second_run_has_nothing_to_do_and_resume_redoes_only_missing_frames(smal
     rewritten = {p for p in written if p.stat().st_mtime_ns != written[p]}
     redone = {out / layer / f"{i:05d}.png" for layer in ("masks", "agent", "environment") for i in (1, 4)}
     assert rewritten == redone | {out / "environment.mp4", out / "preview.mp4"}
+    summary = run_summary(out)
+    assert (summary["written"], summary["skipped"], summary["failed"]) == (2, 4, 0)
+    (process,) = summary["processes"]
+    assert process["frames"] == 2 and process["frames_per_second"] > 0
     assert_factorised(out, read_all(frames), 6, 32, 32)
 
 
@@ -403,6 +437,142 @@ def test_help_lists_the_options():
         "--devices",
         "--dtype",
         "--fps",
+        "--num-nodes",
+        "--summary",
+        "torchrun",
     ):
         assert option in text
     assert "36" in text and "fps" in text
+
+
+def test_several_nodes_without_a_launcher_is_one_error_line(tmp_path, monkeypatch, capsys):
+    """--num-nodes 2 started by hand would wait for a second node forever: it is refused at once."""
+    for name in factorize_script.LAUNCHER_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    frames, masks = write_sequence(tmp_path / "seq", 2, height=32, width=32)
+    args = ["--frames", frames, "--masks", masks, "--out", tmp_path / "out", "--num-nodes", "2"]
+    assert factorize(*args) == 1
+    assert_one_error_line(capsys.readouterr().err, "--num-nodes 2: no launcher started this process")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_video_with_a_bad_frame_stops_alone_and_the_summary_says_why(small, tmp_path):
+    """In a list, a video whose frame is truncated stops there; the other videos are done, the command
+    ends with one error line, and the summary names the video, the error and the frames left."""
+    write_sequence(tmp_path / "good", 4, height=32, width=32)
+    frames, _ = write_sequence(tmp_path / "bad", 6, height=32, width=32)
+    good_bytes = (frames / "004.png").read_bytes()
+    (frames / "004.png").write_bytes(good_bytes[: len(good_bytes) // 2])
+    listing = tmp_path / "videos.txt"
+    listing.write_text("bad/frames bad/masks out/bad\ngood/frames good/masks out/good\n")
+    assert factorize("--list", listing, *FAST[:-4], "--batch-size", "2", "--device", "cpu", *small) == 1
+    assert len(layer_files(tmp_path / "out" / "good", "environment")) == 4
+    summary = json.loads((tmp_path / "videos.summary.json").read_text())
+    (failure,) = summary["failures"]
+    assert failure["video"] == str(frames) and "004.png: unreadable or truncated image" in failure["error"]
+    assert (summary["written"], summary["failed"], failure["frames_left"]) == (8, 2, 2)
+
+
+def torchrun_node(rank: int, port: int, *args: str | Path) -> subprocess.Popen:
+    """One "node" of a multi-node run on this machine, launched as a user launches one: torchrun with
+    its node rank and the first node's address; one CPU process."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1"]
+    command += ["--node-rank", str(rank), "--master-addr", "127.0.0.1", "--master-port", str(port)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [*command, str(SCRIPT), *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and everything it started (torchrun's workers have process groups of their own)."""
+    children: dict[int, list[int]] = collections.defaultdict(list)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children[int(fields[1])].append(int(stat.parent.name))
+    stack = [pid]
+    while stack:
+        current = stack.pop()
+        stack.extend(children[current])
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(current, signal.SIGKILL)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def two_nodes(listing: Path, *args: str | Path) -> None:
+    """Run both nodes to the end; their logs in the failure if either fails or hangs."""
+    nodes = [torchrun_node(rank, port, "--list", listing, *args) for port in [free_port()] for rank in (0, 1)]
+    try:
+        logs = [node.communicate(timeout=180)[0] for node in nodes]
+    except subprocess.TimeoutExpired:
+        for node in nodes:
+            kill_tree(node.pid)
+        logs = [node.communicate()[0] for node in nodes]
+        pytest.fail("the two nodes did not finish:\n" + logs[0][-3000:] + "\n----\n" + logs[1][-3000:])
+    assert [node.returncode for node in nodes] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+
+
+def environment_frames(out: Path) -> dict[str, list[np.ndarray]]:
+    return {video: read_all(out / video / "environment") for video in ("a", "b")}
+
+
+@pytest.mark.slow
+def test_two_nodes_share_the_frames_and_a_rerun_after_a_lost_node_completes_them(reference, tmp_path):
+    """Two nodes, each a torchrun launch on 127.0.0.1 (node ranks 0 and 1, one CPU process each): every
+    frame is written once; after the second node is killed mid-run, running both again writes only
+    what is missing; the frames equal those of one process."""
+    config, checkpoint = write_small_model(tmp_path / "model", reference)
+    for video in ("a", "b"):
+        write_sequence(tmp_path / video, 16, height=32, width=32)
+    lists = {}
+    for run in ("one", "two", "lost"):
+        lists[run] = tmp_path / f"{run}.txt"
+        lists[run].write_text(f"a/frames a/masks {run}/a\nb/frames b/masks {run}/b\n")
+    model = ["--config", config, "--checkpoint", checkpoint, "--device", "cpu", "--dtype", "fp32"]
+    sampling = ["--steps", "4", "--batch-size", "1", "--frame-skip", "2", *model]
+    assert run_script(SCRIPT, "--list", lists["one"], *sampling).returncode == 0
+    expected = environment_frames(tmp_path / "one")
+
+    two_nodes(lists["two"], "--num-nodes", "2", *sampling)
+    summary = json.loads((tmp_path / "two.summary.json").read_text())
+    assert [p["frames"] for p in summary["processes"]] == [16, 16] and summary["written"] == 32
+    assert [p["node"] for p in summary["processes"]] == [0, 1] and summary["nodes"] == 2
+    for video, frames in environment_frames(tmp_path / "two").items():
+        assert all(np.array_equal(x, y) for x, y in zip(frames, expected[video], strict=True)), video
+
+    port = free_port()
+    nodes = [
+        torchrun_node(rank, port, "--list", lists["lost"], "--num-nodes", "2", *sampling) for rank in (0, 1)
+    ]
+    second_share = tmp_path / "lost" / "b" / "environment"
+    deadline = time.monotonic() + 240
+    while not (second_share.is_dir() and any(second_share.glob("*.png"))) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    kill_tree(nodes[1].pid)  # the second node is lost mid-run
+    kill_tree(nodes[0].pid)  # and its peer, whose launcher would wait minutes for the lost one
+    for node in nodes:
+        node.communicate()
+    done_before = len(finished_frames(tmp_path / "lost" / "a")) + len(
+        finished_frames(tmp_path / "lost" / "b")
+    )
+    assert 0 < len(finished_frames(tmp_path / "lost" / "b")) < 16, (
+        "the second node was lost before its share was done"
+    )
+
+    two_nodes(lists["lost"], "--num-nodes", "2", *sampling)
+    summary = json.loads((tmp_path / "lost.summary.json").read_text())
+    assert (summary["skipped"], summary["written"]) == (done_before, 32 - done_before)
+    assert sum(p["frames"] for p in summary["processes"]) == 32 - done_before
+    for video, frames in environment_frames(tmp_path / "lost").items():
+        assert all(np.array_equal(x, y) for x, y in zip(frames, expected[video], strict=True)), video

@@ -1,8 +1,10 @@
 """Whole-video factorisation: what is left to do, checking the inputs' headers, streaming the frames
-through Lightning's predict loop (one device, or several with DDP), then assembling the videos.
+through Lightning's predict loop (one device, or several processes on one or more nodes with DDP),
+then assembling the videos and summing up the run.
 
-Frames are decoded once, in order, and their pixels checked as they are: a bad frame stops the run
-with one line naming it, after the frames before it are written whole. Each is kept at the model's
+Frames are decoded once, in order, and their pixels checked as they are: a bad frame stops its video
+(the frames before it are written whole; the summary says why the rest is not) and the run goes on
+with the next one. Each is kept at the model's
 scale only while a later target still needs it as context (at most 3k frames back), and at full
 size only until its own batch is handed out.
 """
@@ -15,6 +17,7 @@ import warnings
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,6 +43,8 @@ from ldm.inference.jobs import (
 )
 from ldm.inference.model import ModelChoice, load_model
 from ldm.inference.settings import InferenceSettings, WorkingResolution, read_model_config, working_resolution
+from ldm.inference.summary import Failure, ProcessShare, RunSummary, Stopwatch
+from ldm.util import InputError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +63,38 @@ class FactorizeOptions:
     """--resolution: the short side the model runs at (None: the model's default, WorkingResolution)."""
     dtype: torch.dtype = torch.float32
     devices: int = 1
+    """Processes (devices) per node."""
+    num_nodes: int = 1
     unsafe_load: bool = False
 
+    def summary_settings(self) -> dict[str, Any]:
+        """What the run summary records of how the frames were made."""
+        return {
+            "ddim_steps": self.settings.ddim_steps,
+            "timestep_spacing": self.settings.timestep_spacing,
+            "resolution": self.resolution or self.settings.resolution,
+            "batch_size": self.batch_size,
+            "frame_skip": self.frame_skip,
+            "device": self.device.type,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "seed": self.seed,
+        }
 
-def factorize(jobs: list[FactorizeJob], choice: ModelChoice, options: FactorizeOptions) -> None:
-    """Write the layers of every frame not written yet, then (re)assemble the videos."""
+
+def factorize(
+    jobs: list[FactorizeJob], choice: ModelChoice, options: FactorizeOptions, summary_path: Path | None = None
+) -> RunSummary | None:
+    """Write the layers of every frame not written yet, (re)assemble the videos, and sum up the run
+    (also as JSON at `summary_path`). Only the first process returns the summary; the others None."""
+    watch = Stopwatch()
     todo = [job.todo() for job in jobs]
     total = sum(len(job) for job in jobs)
+    summary = RunSummary(
+        frames=total,
+        skipped=total - sum(map(len, todo)),
+        nodes=options.num_nodes,
+        settings=options.summary_settings(),
+    )
     if not any(todo):
         log.info("nothing to do: all %d frames are already written", total)
     else:
@@ -76,17 +106,26 @@ def factorize(jobs: list[FactorizeJob], choice: ModelChoice, options: FactorizeO
             options.resolution, options.settings.resolution, read_model_config(choice.config), trained
         )
         log.info(
-            "%d of %d frames to do on %s (%s), %d device(s)",
+            "%d of %d frames to do on %s (%s), %d device(s) x %d node(s)",
             sum(map(len, todo)),
             total,
             options.device,
             str(options.dtype).removeprefix("torch."),
             options.devices,
+            options.num_nodes,
         )
-        if not predict_frames(jobs, plan_batches(todo, options.batch_size), model, resolution, options):
-            return
+        outcome = predict_frames(jobs, plan_batches(todo, options.batch_size), model, resolution, options)
+        if outcome is None:
+            return None
+        summary.processes, summary.failures = outcome
+        summary.written = sum(share.frames for share in summary.processes)
     for job in jobs:
         assemble_videos(job.out, len(job), job.fps)
+    summary.seconds = watch()
+    if summary_path is not None:
+        summary.write(summary_path)
+    log.info("factorize: %s%s", summary.line(), f"; summary: {summary_path}" if summary_path else "")
+    return summary
 
 
 # ------------------------------------------------------------------------------------ streaming
@@ -98,7 +137,8 @@ class FrameStream(IterableDataset):
     input size, `model_frames` (B,4,h,w,3) and `model_masks` (B,4,h,w): context frames then target,
     scaled so that min(h,w) is the size the model runs at for frames of the input's size.
 
-    `peak_kept` records the most frames held at once (it must not grow with the video's length).
+    `peak_kept` records the most frames held at once (it must not grow with the video's length);
+    `failures`, the videos that stopped on bad input, and why.
     """
 
     jobs: Sequence[FactorizeJob]
@@ -107,13 +147,23 @@ class FrameStream(IterableDataset):
     dilation: int
     resolution: WorkingResolution
     peak_kept: int = field(default=0, init=False)
+    failures: list[Failure] = field(default_factory=list, init=False)
 
     def __len__(self) -> int:
         return len(self.plan)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        for job_number, batches in itertools.groupby(self.plan, key=lambda item: item[0]):
-            yield from self._stream_job(job_number, [indices for _, indices in batches])
+        for job_number, group in itertools.groupby(self.plan, key=lambda item: item[0]):
+            batches = [indices for _, indices in group]
+            left = sum(map(len, batches))
+            try:
+                for batch in self._stream_job(job_number, batches):
+                    yield batch
+                    left -= len(batch["indices"])
+            except InputError as err:
+                failure = Failure(str(self.jobs[job_number].frames.path), first_line(err), left)
+                log.error("%s: stopped with %d frames left: %s", failure.video, left, failure.error)
+                self.failures.append(failure)
 
     def _stream_job(self, job_number: int, batches: list[list[int]]) -> Iterator[dict[str, Any]]:
         job = self.jobs[job_number]
@@ -161,15 +211,18 @@ def as_is(batch: dict[str, Any]) -> dict[str, Any]:
 
 
 class FrameStreamData(pl.LightningDataModule):
-    """Hands each process (device) its consecutive share of the stream's plan (process_share)."""
+    """Hands each process (device) its consecutive share of the stream's plan (process_share); `share`
+    is the stream this process reads."""
 
     def __init__(self, stream: FrameStream):
         super().__init__()
         self.stream = stream
+        self.share = stream
 
     def predict_dataloader(self) -> DataLoader:
-        share = process_share(self.stream.plan, self.trainer.global_rank, self.trainer.world_size)
-        return DataLoader(replace(self.stream, plan=share), batch_size=None, collate_fn=as_is)
+        plan = process_share(self.stream.plan, self.trainer.global_rank, self.trainer.world_size)
+        self.share = replace(self.stream, plan=plan)
+        return DataLoader(self.share, batch_size=None, collate_fn=as_is)
 
 
 # ---------------------------------------------------------------------------- Lightning predict
@@ -212,11 +265,18 @@ class Factorizer(pl.LightningModule):
 
 
 class FrameWriter(BasePredictionWriter):
-    """Writes each frame's mask, agent and environment images as soon as its batch is done."""
+    """Writes each frame's mask, agent and environment images as soon as its batch is done, and counts
+    what this process wrote, and for how long (`share`)."""
 
     def __init__(self, jobs: list[FactorizeJob]):
         super().__init__(write_interval="batch")
         self.jobs = jobs
+        self.share = ProcessShare(rank=0, node=0)
+        self.watch = Stopwatch()
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.share = ProcessShare(rank=trainer.global_rank, node=trainer.node_rank)
+        self.watch = Stopwatch()
 
     def write_on_batch_end(
         self,
@@ -232,6 +292,8 @@ class FrameWriter(BasePredictionWriter):
         layers = zip(batch["indices"], batch["frames"], batch["masks"], prediction, strict=True)
         for index, frame, mask, environment in layers:
             write_frame_layers(out, index, frame, mask, environment)
+        self.share.frames += len(batch["indices"])
+        self.share.seconds = self.watch()
 
 
 def _quiet_lightning() -> None:
@@ -255,22 +317,36 @@ def predict_frames(
     model: nn.Module,
     resolution: WorkingResolution,
     options: FactorizeOptions,
-) -> bool:
-    """Write the layers of the planned frames, spread over `options.devices` processes (at most one per
-    batch); returns whether this process is the first one (the one that goes on to assemble videos)."""
+) -> tuple[list[ProcessShare], list[Failure]] | None:
+    """Write the layers of the planned frames, spread over `options.devices` processes on each of
+    `options.num_nodes` nodes (on one node, at most one per batch). The first process gets what every
+    process wrote and what failed; the others None."""
     _quiet_lightning()
-    devices = min(options.devices, len(plan))
+    devices = options.devices if options.num_nodes > 1 else min(options.devices, len(plan))
     accelerator, device_list = _accelerator(options.device, devices)
+    writer = FrameWriter(jobs)
     trainer = pl.Trainer(
         accelerator=accelerator,
         devices=device_list,
-        strategy="ddp" if devices > 1 else "auto",
+        num_nodes=options.num_nodes,
+        strategy="ddp" if devices * options.num_nodes > 1 else "auto",
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
-        callbacks=[FrameWriter(jobs)],
+        callbacks=[writer],
     )
     data = FrameStreamData(FrameStream(jobs, plan, options.frame_skip, options.dilation, resolution))
     trainer.predict(Factorizer(model, options, resolution), datamodule=data, return_predictions=False)
-    trainer.strategy.barrier("factorize-frames-written")
-    return trainer.is_global_zero
+    outcomes = gather_objects((writer.share, data.share.failures))
+    if not trainer.is_global_zero:
+        return None
+    return [share for share, _ in outcomes], [failure for _, failures in outcomes for failure in failures]
+
+
+def gather_objects(item: Any) -> list[Any]:
+    """Every process's `item`, in rank order (this one's alone when there is no process group)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [item]
+    items: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(items, item)
+    return items
