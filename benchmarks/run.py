@@ -16,6 +16,10 @@ own), and compared only with what this run measured too:
              seconds, and peak RSS over the bytes of the weights kept (benchmarks/loading.py)
   train      training steps/s in Lightning's loop, fp32 against bf16-mixed (benchmarks/training_speed.py)
   data       NoHands samples/s in one process (benchmarks/data_loading.py)
+  factorize  factorisation end to end, decoding an H.264 clip to writing every layer: frames/s for
+             the embedded model and the official architecture (random weights) at a few DDIM step
+             counts, and per model the cost of a frame as fixed + per-step seconds, the terms of
+             the planning formula in docs/performance.md (benchmarks/factorize_throughput.py)
 
     python benchmarks/run.py                                   # everything that fits a CPU
     python benchmarks/run.py --only unet --published ../agent_inpainting
@@ -44,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import OFFICIAL, SMALL, SMALL_WEIGHTS, TINY, run_worker  # noqa: E402
 from ldm.inference.device import emulates_bf16  # noqa: E402
 
-SECTIONS = ("unet", "ddim", "load", "train", "data")
+SECTIONS = ("unet", "ddim", "load", "train", "data", "factorize")
 EMULATED = "bf16 is emulated on this CPU (no AMX or AVX512-BF16); --emulated-bf16 times it anyway"
 """Why the bf16 cases are skipped on such a CPU: they would take hours and show nothing."""
 
@@ -121,6 +125,52 @@ def section_train(bf16: bool) -> list[dict]:
     ]
 
 
+def section_factorize(device: str) -> list[dict]:
+    """Frames/s of factorisation at two or more step counts per model; then each model's seconds per
+    frame split into a fixed part and a part per DDIM step (a line through the two cheapest counts)."""
+    cases = [(SMALL, SMALL_WEIGHTS, steps, 24) for steps in (1, 3)]
+    official_steps = (10, 50, 200) if device == "cuda" else (1, 2)
+    cases += [(OFFICIAL, None, steps, 32 if device == "cuda" else 8) for steps in official_steps]
+    rows = [
+        run_worker(
+            "factorize_throughput",
+            config=config,
+            checkpoint=checkpoint,
+            steps=steps,
+            frames=frames,
+            size=256,
+            device=device,
+            dtype="auto",
+        )
+        for config, checkpoint, steps, frames in cases
+    ]
+    return rows + frame_costs(rows)
+
+
+def frame_costs(rows: list[dict]) -> list[dict]:
+    """Per config: seconds per frame = fixed + per_step x steps, from its two lowest step counts."""
+    costs = []
+    for config in dict.fromkeys(row["config"] for row in rows):
+        measured = sorted(
+            (r["steps"], 1 / r["streaming_frames_per_s"])
+            for r in rows
+            if r["config"] == config and r.get("streaming_frames_per_s")
+        )
+        if len(measured) < 2:
+            continue
+        (s1, t1), (s2, t2) = measured[:2]
+        per_step = (t2 - t1) / (s2 - s1)
+        costs.append(
+            {
+                "config": config,
+                "fixed_s": t1 - per_step * s1,
+                "per_step_s": per_step,
+                "note": "seconds per frame = fixed_s + per_step_s x steps",
+            }
+        )
+    return costs
+
+
 def print_tables(results: dict) -> None:
     peak = results.get("peak", {})
     if peak:
@@ -148,6 +198,17 @@ def print_tables(results: dict) -> None:
         ["config", "batch", "precision", "steps_per_s"],
     )
     table(results.get("data"), "NoHands loading, one process", ["source", "samples_per_s"])
+    factorize = results.get("factorize") or []
+    table(
+        [row for row in factorize if "steps" in row or "error" in row],
+        "Factorisation end to end (256-px frames, one process)",
+        ["config", "weights", "dtype", "steps", "frames", "streaming_frames_per_s", "call_frames_per_s"],
+    )
+    table(
+        [row for row in factorize if "per_step_s" in row],
+        "Cost of a frame",
+        ["config", "fixed_s", "per_step_s", "note"],
+    )
 
 
 def table(rows: list[dict] | None, title: str, columns: list[str]) -> None:
@@ -257,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
         results["train"] = section_train(bf16)
     if "data" in sections:
         results["data"] = [run_worker("data_loading", samples=200)]
+    if "factorize" in sections:
+        results["factorize"] = section_factorize(args.device)
     args.out.write_text(json.dumps(results, indent=2))
     print_tables(results)
     print(f"\nwrote {args.out}")
