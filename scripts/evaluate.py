@@ -12,7 +12,8 @@ Methods, in one run, on the same samples:
                      would score, about the best a latent-diffusion model can do at this size
 
 Metrics: PSNR and SSIM over the masked region and the whole frame; LPIPS and FID when their networks
-are available locally. The model methods put their output into the mask as --blend says (the
+are available locally. The model samples as the demo does: its config's DDIM steps and spacing, eta 1
+(the published demo's), unless --steps, --spacing or --eta say otherwise. The model methods put their output into the mask as --blend says (the
 model's default). Only target pixels whose truth is known count: --data visor draws hand-free
 backgrounds only, and leaves out any own hands the annotations still give a target. Writes
 OUT/results.json, OUT/results.md and OUT/grid.png.
@@ -99,7 +100,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     visor.add_argument("--visor-root", default=os.environ.get("DATA_LOCATION"), help="default $DATA_LOCATION")
     visor.add_argument("--visor-files", default="data/no_hands_val.txt")
     add_model_arguments(parser)
-    add_sampling_arguments(parser, steps=50, eta=0.0)
+    add_sampling_arguments(parser)
     return parser.parse_args(argv)
 
 

@@ -102,6 +102,8 @@ def test_evaluate_writes_results_table_and_grid(reference, tmp_path):
         "3",
         "--steps",
         "2",
+        "--eta",
+        "0",  # deterministic: the random stand-in's fills differ with and without context by a grey level
         "--checkpoint",
         str(checkpoint),
         "--config",
