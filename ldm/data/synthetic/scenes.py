@@ -212,8 +212,7 @@ def installed_wallpapers() -> tuple[Path, ...]:
     if not wallpapers:
         where = ", ".join(roots) or "no folder ($VIDM_WALLPAPERS is empty)"
         raise FileNotFoundError(
-            f"no wallpapers found in {where}: install them with `make wallpapers` "
-            "(docs/small_model.md)"
+            f"no wallpapers found in {where}: install them with `make wallpapers` (docs/small_model.md)"
         )
     return wallpapers
 
