@@ -3,6 +3,7 @@ and running one measurement in a fresh process (so that its peak memory is its o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -65,9 +66,19 @@ def rss_gib() -> float:
 
 
 def describe(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model, threads and vector extension."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU, {torch.get_num_threads()} threads ({torch.backends.cpu.get_cpu_capability()})"
+    return f"{cpu_model()}, {torch.get_num_threads()} threads ({torch.backends.cpu.get_cpu_capability()})"
+
+
+def cpu_model() -> str:
+    """The CPU's model name as the kernel reports it (Linux), else 'CPU'."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "CPU"
 
 
 def random_weights(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

@@ -312,9 +312,7 @@ ONE_CLASS_CONFIG = "_BASE_: released.yaml\nMODEL: {ROI_HEADS: {NUM_CLASSES: 1}}\
 
 
 def test_released_architecture_loads_completely_and_labels_frames(tmp_path):
-    pytest.importorskip(
-        "detectron2", reason="detectron2 is not installed (not on PyPI; see the README, EGO4D step)"
-    )
+    pytest.importorskip("detectron2", reason="detectron2 is not installed (not on PyPI; see docs/data.md)")
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
