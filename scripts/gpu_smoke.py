@@ -30,8 +30,10 @@ the wheels of omegaconf (0.3 MB) and imageio-ffmpeg (0.6.0, the oldest the proje
     pip download --dest wheels --only-binary=:all: --no-deps --python-version 3.12 \
         --platform manylinux2014_x86_64 omegaconf==2.4.0 imageio-ffmpeg==0.6.0
 
-and installed there with `pip install --no-index --find-links wheels omegaconf imageio-ffmpeg` and
-`pip install --no-deps -e .` (tensorboard is optional: training logs to CSV without it).
+and installed there with `pip install --no-index --find-links wheels omegaconf imageio-ffmpeg`
+(tensorboard is optional: training logs to CSV without it). The project itself needs no install
+(an editable one would need setuptools, which pip cannot fetch offline): run the script from a
+copy of the repository, and the programs it starts find `ldm` there.
 """
 
 from __future__ import annotations
@@ -127,14 +129,19 @@ class Smoke:
 
 
 def run_python(*args: str | Path, env: dict[str, str] | None = None, timeout: int = 600) -> str:
-    """Run a repository program with this interpreter; its stderr's tail in the error if it fails."""
+    """Run a repository program with this interpreter; its stderr's tail in the error if it fails.
+
+    The repository comes first on the program's PYTHONPATH, so that scripts/ programs import its `ldm`
+    where the project is not installed."""
+    environment = os.environ | (env or {})
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), environment.get("PYTHONPATH")]))
     result = subprocess.run(
         [sys.executable, *map(str, args)],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=None if env is None else os.environ | env,
+        env=environment,
     )
     if result.returncode != 0:
         tail = " | ".join(result.stderr.strip().splitlines()[-3:])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import sysconfig
 from unittest import mock
 
 import pytest
@@ -25,6 +26,7 @@ from ldm.modules.vqvae.quantize import VectorQuantizer
 from ldm.training.checkpoint_io import MappedCheckpointIO
 from ldm.training.trainer import ddp_strategy, trainer_arguments
 from ldm.util import instantiate_from_config
+from scripts.gpu_smoke import run_python
 from tests.conftest import ROOT
 
 SMALL = ROOT / "configs" / "vidm_small.yaml"
@@ -160,6 +162,15 @@ def test_memory_estimate_counts_the_weights_and_what_checkpointing_saves():
     assert checkpointed.resident_gib == plain.resident_gib
     assert checkpointed.peak_gib < plain.peak_gib
     assert estimate(TINY, 2, "bf16-mixed", use_checkpoint=False).peak_gib < plain.peak_gib
+
+
+def test_the_smoke_scripts_programs_import_the_repository_where_it_is_not_installed():
+    """A GPU machine without network gets a copy of the repository and no install (an editable one
+    needs setuptools, which pip cannot fetch offline). Simulated with `python -S`: site-packages on
+    PYTHONPATH, so no .pth file (this venv's editable install of the project) is read."""
+    site_packages = sysconfig.get_paths()["purelib"]
+    usage = run_python("-S", "scripts/factorize.py", "--help", env={"PYTHONPATH": site_packages})
+    assert usage.startswith("usage: factorize.py")
 
 
 @pytest.mark.slow
