@@ -28,11 +28,14 @@ from benchmarks.common import (  # noqa: E402
     worker_main,
 )
 
+UNET_FILE = Path("ldm/modules/diffusionmodules/openaimodel.py")
+"""Where a checkout of the published repository keeps its UNet."""
+
 
 def published_unet(checkout: Path, config: str) -> torch.nn.Module:
     """The checkout's UNetModel built from `config`'s unet_config."""
-    if not (checkout / "ldm" / "modules" / "diffusionmodules" / "openaimodel.py").is_file():
-        raise SystemExit(f"{checkout}: not a checkout of the published repository (no ldm/modules/...)")
+    if not (checkout / UNET_FILE).is_file():
+        raise SystemExit(f"{checkout}: not a checkout of the published repository (no {UNET_FILE})")
     # This repository's `ldm` is a regular package and would win over the checkout's (a namespace one).
     sys.path[:] = [str(checkout), *(p for p in sys.path if Path(p or ".").resolve() != ROOT)]
     module = importlib.import_module("ldm.modules.diffusionmodules.openaimodel")

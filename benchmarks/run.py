@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -46,6 +47,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import OFFICIAL, SMALL, SMALL_WEIGHTS, TINY, run_worker  # noqa: E402
+from benchmarks.published_unet import UNET_FILE  # noqa: E402
 from ldm.inference.device import emulates_bf16  # noqa: E402
 
 SECTIONS = ("unet", "ddim", "load", "train", "data", "factorize")
@@ -295,7 +297,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="time bf16 also on a CPU that emulates it (no AMX or AVX512-BF16; hours on 2 cores)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.only = args.only or list(SECTIONS)
+    check_paths(parser, args)
+    return args
+
+
+def check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Stop at once, with one line, on a path that the run would otherwise trip on minutes later."""
+    if not args.out.parent.is_dir():
+        parser.error(f"--out {args.out}: the folder {args.out.parent} does not exist")
+    if "load" in args.only and not args.gpu_check and not args.workdir.is_dir():
+        parser.error(f"--workdir {args.workdir}: no such folder")
+    if args.published is not None and not (args.published / UNET_FILE).is_file():
+        parser.error(
+            f"--published {args.published}: not a checkout of the published repository (no {UNET_FILE})"
+        )
+
+
+def save(results: dict, path: Path) -> None:
+    """Write the results so far, whole (through a temporary file): a later section that fails keeps them."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(results, indent=2))
+    os.replace(partial, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -303,24 +327,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.gpu_check:
         results = gpu_check()
         print(json.dumps(results, indent=2))
-        args.out.write_text(json.dumps(results, indent=2))
+        save(results, args.out)
         return 0
-    sections = args.only or list(SECTIONS)
     bf16 = args.emulated_bf16 or not emulates_bf16(torch.device(args.device))
     results: dict[str, Any] = {"peak": run_worker("peak", device=args.device, bf16=bf16)}
-    if "unet" in sections:
-        results["unet"] = section_unet(args.device, results["peak"], args.quick, bf16, args.published)
-    if "ddim" in sections:
-        results["ddim"] = section_ddim(args.device, bf16)
-    if "load" in sections:
-        results["load"] = section_load(args.workdir, args.load_config)
-    if "train" in sections:
-        results["train"] = section_train(bf16)
-    if "data" in sections:
-        results["data"] = [run_worker("data_loading", samples=200)]
-    if "factorize" in sections:
-        results["factorize"] = section_factorize(args.device)
-    args.out.write_text(json.dumps(results, indent=2))
+    sections = {
+        "unet": lambda: section_unet(args.device, results["peak"], args.quick, bf16, args.published),
+        "ddim": lambda: section_ddim(args.device, bf16),
+        "load": lambda: section_load(args.workdir, args.load_config),
+        "train": lambda: section_train(bf16),
+        "data": lambda: [run_worker("data_loading", samples=200)],
+        "factorize": lambda: section_factorize(args.device),
+    }
+    for name in SECTIONS:
+        if name in args.only:
+            results[name] = sections[name]()
+            save(results, args.out)
     print_tables(results)
     print(f"\nwrote {args.out}")
     return 0

@@ -1,16 +1,20 @@
-"""The benchmarks count every FLOP of a UNet step, attention included, on the CPU too."""
+"""The benchmarks count every FLOP of a UNet step, attention included, on the CPU too; their runner
+refuses bad paths before it measures and keeps what it measured when a later section fails."""
 
 from __future__ import annotations
 
+import json
 import sys
 import unittest.mock
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks import run  # noqa: E402
 from benchmarks.common import flop_counter  # noqa: E402
 from ldm.modules.diffusionmodules.openaimodel import UNetModel  # noqa: E402
 
@@ -36,3 +40,35 @@ def test_flop_count_of_a_cpu_unet_step_includes_its_attention():
     assert len(attention_shapes) >= 2 and expected > 0
     assert counts["aten._scaled_dot_product_flash_attention_for_cpu"] == expected
     assert counter.get_total_flops() == expected + counts["aten.convolution"] + counts["aten.addmm"]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        (["--workdir", "{tmp}/missing"], "--workdir"),
+        (["--out", "{tmp}/missing/benchmark.json"], "--out"),
+        (["--published", "{tmp}"], "--published"),
+    ],
+)
+def test_the_runner_refuses_a_bad_path_before_it_measures(tmp_path, capsys, arguments, named):
+    """Each of these used to fail only when its section came, minutes in (--out: at the very end)."""
+    argv = [a.format(tmp=tmp_path) for a in arguments]
+    with unittest.mock.patch.object(run, "run_worker", side_effect=AssertionError("measured")):
+        with pytest.raises(SystemExit) as stopped:
+            run.main(argv)
+    assert stopped.value.code == 2
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f": error: {named} {tmp_path}" in last_line
+
+
+def test_the_runner_keeps_the_sections_measured_before_one_that_fails(tmp_path):
+    """The factorize section is made to fail (injected); the peak and data sections, measured for
+    real before it, are in the JSON, and no partial file is left."""
+    out = tmp_path / "benchmark.json"
+    broken = unittest.mock.patch.object(run, "section_factorize", side_effect=RuntimeError("injected"))
+    with broken, pytest.raises(RuntimeError, match="injected"):
+        run.main(["--only", "data", "factorize", "--out", str(out)])
+    results = json.loads(out.read_text())
+    assert results["peak"]["matmul_tflops_fp32"] > 0
+    assert results["data"][0]["samples_per_s"] > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["benchmark.json"]
