@@ -24,7 +24,6 @@ OFFICIAL = "configs/inpaint_4frame.yaml"
 SMALL = "configs/vidm_small.yaml"
 SMALL_WEIGHTS = "models/vidm_small/vidm_small.safetensors"
 TINY = "configs/inpaint_4frame_tiny.yaml"
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def synchronize(device: torch.device) -> None:

@@ -18,17 +18,16 @@ from PIL import Image
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import ROOT, random_weights, worker_main  # noqa: E402
+from benchmarks.common import ROOT, worker_main  # noqa: E402
+from benchmarks.sampling import random_model  # noqa: E402
 from ldm.data.synthetic.scenes import to_uint8_canvas  # noqa: E402
 from ldm.data.synthetic.sequences import make_sequence  # noqa: E402
 from ldm.inference.device import resolve_dtype  # noqa: E402
 from ldm.inference.factorize import FactorizeOptions, factorize  # noqa: E402
 from ldm.inference.jobs import FactorizeJob  # noqa: E402
 from ldm.inference.model import ModelChoice  # noqa: E402
-from ldm.inference.model_config import inference_config  # noqa: E402
-from ldm.inference.settings import InferenceSettings, read_model_config  # noqa: E402
+from ldm.inference.settings import InferenceSettings  # noqa: E402
 from ldm.inference.video import write_mp4  # noqa: E402
-from ldm.util import instantiate_from_config  # noqa: E402
 
 CLIP_SEED = 20_000_000
 """The clip is drawn from a seed no training run or evaluation uses."""
@@ -48,8 +47,7 @@ def write_clip(folder: Path, frames: int, size: int) -> tuple[Path, Path]:
 
 def random_checkpoint(config: str, folder: Path) -> Path:
     """Seeded random weights of the config's model, as a weights file (float16)."""
-    torch.manual_seed(0)
-    model = random_weights(instantiate_from_config(inference_config(read_model_config(ROOT / config))))
+    model = random_model(config)
     path = folder / "random.safetensors"
     save_file({k: v.half().contiguous() for k, v in model.state_dict().items()}, str(path))
     return path

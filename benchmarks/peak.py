@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import DTYPES, describe, timed, worker_main  # noqa: E402
+from benchmarks.common import describe, timed, worker_main  # noqa: E402
+from ldm.inference.device import DTYPES  # noqa: E402
 
 
 def measure(device: str, bf16: bool = True) -> dict:

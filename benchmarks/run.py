@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -49,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import OFFICIAL, SMALL, SMALL_WEIGHTS, TINY, run_worker  # noqa: E402
 from benchmarks.published_unet import UNET_FILE  # noqa: E402
 from ldm.inference.device import emulates_bf16  # noqa: E402
+from ldm.util import atomic_output  # noqa: E402
 
 SECTIONS = ("unet", "ddim", "load", "train", "data", "factorize")
 EMULATED = "bf16 is emulated on this CPU (no AMX or AVX512-BF16); --emulated-bf16 times it anyway"
@@ -317,9 +317,8 @@ def check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
 
 def save(results: dict, path: Path) -> None:
     """Write the results so far, whole (through a temporary file): a later section that fails keeps them."""
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(results, indent=2))
-    os.replace(partial, path)
+    with atomic_output(path) as partial:
+        partial.write_text(json.dumps(results, indent=2))
 
 
 def main(argv: list[str] | None = None) -> int:

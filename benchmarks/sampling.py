@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import DTYPES, ROOT, random_weights, timed, worker_main  # noqa: E402
+from benchmarks.common import ROOT, random_weights, timed, worker_main  # noqa: E402
+from ldm.inference.device import DTYPES  # noqa: E402
 from ldm.inference.inpainter import Inpainter, seeded_generator  # noqa: E402
 from ldm.inference.model import ModelChoice, load_model, prepare_for_inference  # noqa: E402
 from ldm.inference.model_config import inference_config  # noqa: E402
@@ -23,10 +24,14 @@ def model_for(config: str, checkpoint: str | None, device: torch.device, dtype: 
     """(model, pixel size): the checkpoint's weights, or seeded random ones."""
     if checkpoint:
         return load_model(ModelChoice(ROOT / config, ROOT / checkpoint, checkpoint), device, dtype)
-    model_config = read_model_config(ROOT / config)
+    model = prepare_for_inference(random_model(config), device, dtype)
+    return model, model_resolution(read_model_config(ROOT / config))
+
+
+def random_model(config: str) -> torch.nn.Module:
+    """The config's inference model with seeded random weights (random_weights), on the CPU."""
     torch.manual_seed(0)
-    model = instantiate_from_config(inference_config(model_config))
-    return prepare_for_inference(random_weights(model), device, dtype), model_resolution(model_config)
+    return random_weights(instantiate_from_config(inference_config(read_model_config(ROOT / config))))
 
 
 def measure(config: str, checkpoint: str | None, device: str, dtype: str, steps: int) -> dict:

@@ -82,7 +82,7 @@ class StepMemory:
 
 
 def training_batch(
-    batch_size: int, size: int, frames: int, latent: int, device: str = "cpu"
+    batch_size: int, size: int, frames: int, latent: int, device: str | torch.device = "cpu"
 ) -> dict[str, torch.Tensor]:
     """A training batch of the shapes NoHands gives (channel-last images), uninitialised."""
     return {

@@ -12,7 +12,6 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import (  # noqa: E402
-    DTYPES,
     ROOT,
     flop_counter,
     forward_row,
@@ -22,7 +21,7 @@ from benchmarks.common import (  # noqa: E402
     unet_inputs,
     worker_main,
 )
-from ldm.inference.device import precision  # noqa: E402
+from ldm.inference.device import DTYPES, precision  # noqa: E402
 from ldm.inference.model import prepare_for_inference  # noqa: E402
 from ldm.util import instantiate_from_config  # noqa: E402
 

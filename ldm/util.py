@@ -1,16 +1,20 @@
-"""Small helpers shared by the whole package: building objects from configs, one-line errors, pixels."""
+"""Small helpers shared by the whole package: building objects from configs, one-line errors, pixels,
+files written whole or not at all."""
 
 from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 _NONE_TARGETS = ("__is_first_stage__", "__is_unconditional__")
+PARTIAL_SUFFIX = ".partial"
 
 
 class InputError(ValueError):
@@ -86,3 +90,15 @@ def enable_tf32() -> None:
     GPU raise ("mix of the legacy and new APIs"), so no run could start there.
     """
     torch.set_float32_matmul_precision("high")
+
+
+@contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """Yield a temporary name next to `path`; rename it to `path` only when the block completes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + PARTIAL_SUFFIX)
+    try:
+        yield tmp
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)

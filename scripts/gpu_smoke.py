@@ -44,6 +44,7 @@ import json
 import logging
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -62,6 +63,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.common import describe, timed  # noqa: E402
 from benchmarks.training_memory import (  # noqa: E402
     batch_shapes,
     estimate,
@@ -169,7 +171,7 @@ def check_environment(smoke: Smoke) -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "lightning": pl.__version__,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "device": describe(device),
         "native_bf16": native_bf16(device),
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
     }
@@ -290,18 +292,6 @@ def check_factorize(smoke: Smoke) -> dict[str, Any]:
     return {"frames": written}
 
 
-def timed_forward(unet: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, repeats: int) -> float:
-    """Median seconds of a UNet forward after one warm-up."""
-    times = []
-    for _ in range(repeats + 1):
-        start = time.perf_counter()
-        unet(x, t)
-        if x.is_cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times[1:]))
-
-
 @contextlib.contextmanager
 def activation_layout(unet: torch.nn.Module, device: str, channels_last: bool) -> Iterator[None]:
     """Run the UNet on `device` with activations and 3D conv weights channels-last or contiguous."""
@@ -334,7 +324,8 @@ def check_unet(smoke: Smoke) -> dict[str, Any]:
     result: dict[str, Any] = {"config": config.name, "dtype": str(dtype).removeprefix("torch.")}
     for name, channels_last in (("channels_last", True), ("contiguous", False)):
         with activation_layout(unet, smoke.device, channels_last), torch.no_grad():
-            result[f"seconds_{name}"] = round(timed_forward(unet, x, t, 2 if smoke.cpu else 10), 4)
+            seconds = timed(lambda: unet(x, t), 2 if smoke.cpu else 10, x.device)
+            result[f"seconds_{name}"] = round(statistics.median(seconds), 4)
     return result
 
 
@@ -349,16 +340,19 @@ def check_memory(smoke: Smoke) -> dict[str, Any]:
             ]
         }
         if not smoke.cpu:
-            row["measured_gib"] = round(measured_step_peak(config, batch_size, use_checkpoint) / 2**30, 2)
+            peak = measured_step_peak(config, batch_size, use_checkpoint, torch.device(smoke.device))
+            row["measured_gib"] = round(peak / 2**30, 2)
         result[f"use_checkpoint_{use_checkpoint}"] = row
     return result
 
 
-def measured_step_peak(config: Any, batch_size: int, use_checkpoint: bool) -> int:
-    """Peak CUDA memory allocated during a training step (random weights, random batch)."""
-    torch.cuda.empty_cache()
-    model = training_model(config, use_checkpoint).cuda()
-    batch = training_batch(batch_size, *batch_shapes(config), device="cuda")
+def measured_step_peak(config: Any, batch_size: int, use_checkpoint: bool, device: torch.device) -> int:
+    """Peak accelerator memory allocated during a training step on `device` (random weights, random
+    batch)."""
+    memory = torch.accelerator.memory
+    memory.empty_cache()
+    model = training_model(config, use_checkpoint).to(device)
+    batch = training_batch(batch_size, *batch_shapes(config), device=device)
     for value in batch.values():
         if value.is_floating_point():
             value.uniform_(-1, 1)
@@ -368,11 +362,11 @@ def measured_step_peak(config: Any, batch_size: int, use_checkpoint: bool) -> in
         optimizer,
         batch,
         "bf16-mixed",
-        torch.cuda.reset_peak_memory_stats,
-        torch.cuda.max_memory_allocated,
+        lambda: memory.reset_peak_memory_stats(device),
+        lambda: memory.max_memory_allocated(device),
     )
     del model, optimizer, batch
-    torch.cuda.empty_cache()
+    memory.empty_cache()
     return peak
 
 

@@ -17,8 +17,8 @@ import zlib
 from functools import partial
 from pathlib import Path
 
-from ldm.preprocessing.jobs import Job, atomic_output, configure_logging, run_jobs
-from ldm.util import InputError
+from ldm.preprocessing.jobs import Job, configure_logging, run_jobs
+from ldm.util import InputError, atomic_output
 
 
 def members(archive: Path) -> list[zipfile.ZipInfo]:

@@ -4,11 +4,12 @@ failed (with why), and each process's throughput; written as JSON beside the out
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ldm.util import atomic_output
 
 
 @dataclass
@@ -63,10 +64,8 @@ class RunSummary:
 
     def write(self, path: Path) -> None:
         """The summary as JSON at `path`, written whole (through a temporary file) or not at all."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.partial")
-        partial.write_text(json.dumps(self.as_json(), indent=2) + "\n")
-        os.replace(partial, path)
+        with atomic_output(path) as partial:
+            partial.write_text(json.dumps(self.as_json(), indent=2) + "\n")
 
     def line(self) -> str:
         """The summary in one line."""

@@ -5,8 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,11 +13,9 @@ from typing import Any
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from ldm.util import InputError
+from ldm.util import InputError, atomic_output
 
 log = logging.getLogger(__name__)
-
-PARTIAL_SUFFIX = ".partial"
 
 
 @dataclass(frozen=True)
@@ -28,18 +25,6 @@ class Job:
     name: str
     output: Path
     write: Callable[[Path], None]
-
-
-@contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
-    """Yield a temporary name next to `path`; rename it to `path` only when the block completes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + PARTIAL_SUFFIX)
-    try:
-        yield tmp
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def run_jobs(jobs: Sequence[Job], desc: str, errors: Sequence[tuple[str, InputError]] = ()) -> int:
