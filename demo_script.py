@@ -24,7 +24,7 @@ from ldm.inference.demo import demo_grid, inpaint_demo, read_demo_folder
 from ldm.inference.images import write_image_atomic
 from ldm.inference.inpainter import Inpainter, seeded_generator
 from ldm.inference.model import choose_model, load_model
-from ldm.inference.settings import read_model_config, working_resolution
+from ldm.inference.settings import working_resolution
 
 log = logging.getLogger("demo_script")
 
@@ -59,17 +59,17 @@ def demo(args: argparse.Namespace) -> None:
     choice = choose_model(args.checkpoint, args.config)
     model, trained = load_model(choice, device, dtype, args.unsafe_load)
     settings = sampling_settings(args, choice.config)
-    working = working_resolution(
-        args.resolution, settings.resolution, read_model_config(choice.config), trained
-    )
+    working = working_resolution(args.resolution, settings.resolution, choice.config)
     resolution = working(*frames.shape[1:3])
-    steps, spacing, align, blend = (
+    inpainter = Inpainter(
+        model,
+        dtype,
         settings.ddim_steps,
+        args.eta,
         settings.timestep_spacing,
         settings.align_context,
-        settings.blend,
+        tile=trained,
     )
-    inpainter = Inpainter(model, dtype, steps, args.eta, spacing, align, tile=trained)
     log.info(
         "sampling 4 frames at %dx%d%s on %s (%s), %d DDIM steps (%s)%s, %s into the masks",
         resolution,
@@ -77,12 +77,13 @@ def demo(args: argparse.Namespace) -> None:
         f" in overlapping {trained}-px tiles" if resolution > trained else "",
         device,
         str(dtype).removeprefix("torch."),
-        steps,
-        spacing,
-        ", context frames aligned to each target" if align else "",
-        "Poisson-blended" if blend == "poisson" else "pasted",
+        settings.ddim_steps,
+        settings.timestep_spacing,
+        ", context frames aligned to each target" if settings.align_context else "",
+        "Poisson-blended" if settings.blend == "poisson" else "pasted",
     )
-    results = inpaint_demo(frames, masks, inpainter, resolution, seeded_generator(device, args.seed), blend)
+    generator = seeded_generator(device, args.seed)
+    results = inpaint_demo(frames, masks, inpainter, resolution, generator, settings.blend)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_image_atomic(args.out, demo_grid(frames, masks, results))
     log.info("wrote %s", args.out)

@@ -62,7 +62,7 @@ from ldm.inference.images import (
 )
 from ldm.inference.inpainter import Inpainter, seeded_generator
 from ldm.inference.model import REPO_ROOT, ModelChoice, choose_model, load_model
-from ldm.inference.settings import InferenceSettings, WorkingResolution, read_model_config, working_resolution
+from ldm.inference.settings import InferenceSettings, WorkingResolution, working_resolution
 from ldm.util import InputError
 
 log = logging.getLogger("evaluate")
@@ -178,9 +178,7 @@ def build_methods(
         settings.align_context,
         tile=trained,
     )
-    resolution = working_resolution(
-        args.resolution, settings.resolution, read_model_config(choice.config), trained
-    )
+    resolution = working_resolution(args.resolution, settings.resolution, choice.config)
     blend = settings.blend
     methods: dict[str, Method] = {
         "vidm": model_method(inpainter, resolution, args.batch_size, args.seed, "multi", blend),

@@ -17,7 +17,7 @@ import demo_script
 import ldm.inference.inpainter as inpainter_module
 from ldm.inference.inpainter import Inpainter, seeded_generator, tile_weights
 from ldm.inference.model import OFFICIAL_CONFIG, SMALL_CONFIG
-from ldm.inference.settings import InferenceSettings, WorkingResolution, read_model_config, working_resolution
+from ldm.inference.settings import InferenceSettings, WorkingResolution, working_resolution
 from ldm.util import InputError, instantiate_from_config
 from scripts.evaluate import main as evaluate
 from tests.conftest import ROOT
@@ -37,11 +37,11 @@ def test_the_working_resolution_is_capped_by_the_frames_and_floored_by_the_train
 def test_the_preferred_resolution_comes_from_the_model_config(tmp_path):
     assert InferenceSettings.from_config(ROOT / OFFICIAL_CONFIG).resolution is None
     assert InferenceSettings.from_config(ROOT / SMALL_CONFIG).resolution == 128
-    small, official = read_model_config(ROOT / SMALL_CONFIG), read_model_config(ROOT / OFFICIAL_CONFIG)
-    assert working_resolution(None, 128, small, 64)(256, 256) == 128
-    assert working_resolution(None, None, official, 256)(512, 512) == 256
+    small, official = ROOT / SMALL_CONFIG, ROOT / OFFICIAL_CONFIG
+    assert working_resolution(None, 128, small)(256, 256) == 128
+    assert working_resolution(None, None, official)(512, 512) == 256
     with pytest.raises(InputError, match="--resolution 100: this model needs a multiple of 16"):
-        working_resolution(100, 128, small, 64)
+        working_resolution(100, 128, small)
     config = tmp_path / "small.yaml"
     config.write_text("model: {target: x}\ninference: {resolution: big}\n")
     with pytest.raises(InputError, match=r"small.yaml: inference.resolution must be a positive whole number"):

@@ -42,7 +42,7 @@ from ldm.inference.jobs import (
     write_frame_layers,
 )
 from ldm.inference.model import ModelChoice, load_model
-from ldm.inference.settings import InferenceSettings, WorkingResolution, read_model_config, working_resolution
+from ldm.inference.settings import InferenceSettings, WorkingResolution, working_resolution
 from ldm.inference.summary import Failure, ProcessShare, RunSummary, Stopwatch
 from ldm.util import InputError, first_line
 
@@ -101,10 +101,8 @@ def factorize(
         for job, targets in zip(jobs, todo, strict=True):
             if targets:
                 job.check_headers(needed_frames(targets, options.frame_skip))
-        model, trained = load_model(choice, "cpu", options.dtype, options.unsafe_load)
-        resolution = working_resolution(
-            options.resolution, options.settings.resolution, read_model_config(choice.config), trained
-        )
+        model, _ = load_model(choice, "cpu", options.dtype, options.unsafe_load)
+        resolution = working_resolution(options.resolution, options.settings.resolution, choice.config)
         log.info(
             "%d of %d frames to do on %s (%s), %d device(s) x %d node(s)",
             sum(map(len, todo)),

@@ -131,12 +131,11 @@ class WorkingResolution:
         return min(self.preferred, max(self.trained, fits))
 
 
-def working_resolution(
-    requested: int | None, preferred: int | None, model_config: DictConfig, trained: int
-) -> WorkingResolution:
-    """The model's WorkingResolution for --resolution `requested` and the settings' `preferred` one;
-    a `requested` size must be a multiple of resolution_multiple."""
+def working_resolution(requested: int | None, preferred: int | None, config: Path) -> WorkingResolution:
+    """The WorkingResolution of the model `config` describes, for --resolution `requested` and the
+    settings' `preferred` one; a `requested` size must be a multiple of resolution_multiple."""
+    model_config = read_model_config(config)
     multiple = resolution_multiple(model_config)
     if requested is not None and requested % multiple:
         raise InputError(f"--resolution {requested}: this model needs a multiple of {multiple}")
-    return WorkingResolution(trained, preferred, requested, multiple)
+    return WorkingResolution(model_resolution(model_config, config), preferred, requested, multiple)
