@@ -236,22 +236,22 @@ def last_word(row: dict, last_column: bool) -> str | None:
     return row.get("error", row.get("note")) if last_column else None
 
 
-def gpu_check() -> dict:
-    """The official config's demo workload in bf16 on CUDA: 4 targets x 200 DDIM steps after a warm-up,
-    the achieved TFLOP/s, and the SDPA kernel CUDA picks for the model's attention shapes."""
-    results = {"peak": run_worker("peak", device="cuda")}
-    ddim = run_worker("sampling", config=OFFICIAL, checkpoint=None, device="cuda", dtype="bf16", steps=200)
-    unet = run_worker("unet", config=OFFICIAL, batch=4, device="cuda", dtype="bf16", repeats=10)
+def gpu_check(device: str) -> dict:
+    """The official config's demo workload in bf16 on a CUDA `device`: 4 targets x 200 DDIM steps after
+    a warm-up, the achieved TFLOP/s, and the SDPA kernel CUDA picks for the model's attention shapes."""
+    results = {"peak": run_worker("peak", device=device)}
+    ddim = run_worker("sampling", config=OFFICIAL, checkpoint=None, device=device, dtype="bf16", steps=200)
+    unet = run_worker("unet", config=OFFICIAL, batch=4, device=device, dtype="bf16", repeats=10)
     if "seconds" in ddim and "tflop" in unet:
         ddim["tflops"] = unet["tflop"] * ddim["steps"] / ddim["seconds"]
     results["ddim"], results["unet"] = [ddim], [unet]
-    results["sdpa"] = sdpa_kernels()
+    results["sdpa"] = sdpa_kernels(torch.device(device))
     return results
 
 
-def sdpa_kernels() -> dict:
+def sdpa_kernels(device: torch.device) -> dict:
     """Which fused attention kernels CUDA offers for the official model's attention shape, and which it picks."""
-    q = torch.randn(4, 8, 4 * 32 * 32, 64, device="cuda", dtype=torch.bfloat16)
+    q = torch.randn(4, 8, 4 * 32 * 32, 64, device=device, dtype=torch.bfloat16)
     kernels: dict[str, Any] = {}
     for backend in (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION):
         with contextlib.suppress(RuntimeError), sdpa_kernel([backend]):
@@ -259,7 +259,7 @@ def sdpa_kernels() -> dict:
             kernels[backend.name] = "available"
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         torch.nn.functional.scaled_dot_product_attention(q, q, q)
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
     names = ("attention", "fmha", "flash")
     kernels["picked"] = sorted({e.key for e in prof.key_averages() if any(n in e.key.lower() for n in names)})
     return kernels
@@ -299,12 +299,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     args.only = args.only or list(SECTIONS)
-    check_paths(parser, args)
+    check_arguments(parser, args)
     return args
 
 
-def check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Stop at once, with one line, on a path that the run would otherwise trip on minutes later."""
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Stop at once, with one line, on a device or path that the run would otherwise trip on later."""
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device {args.device}: not a device name (try cpu, cuda, cuda:1)")
+    if args.gpu_check and device.type != "cuda":
+        parser.error(f"--gpu-check: needs a CUDA device, got --device {args.device}")
     if not args.out.parent.is_dir():
         parser.error(f"--out {args.out}: the folder {args.out.parent} does not exist")
     if "load" in args.only and not args.gpu_check and not args.workdir.is_dir():
@@ -324,7 +330,7 @@ def save(results: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.gpu_check:
-        results = gpu_check()
+        results = gpu_check(args.device)
         print(json.dumps(results, indent=2))
         save(results, args.out)
         return 0

@@ -72,3 +72,10 @@ def test_the_runner_keeps_the_sections_measured_before_one_that_fails(tmp_path):
     assert results["peak"]["matmul_tflops_fp32"] > 0
     assert results["data"][0]["samples_per_s"] > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["benchmark.json"]
+
+
+def test_the_gpu_check_refuses_a_device_that_is_not_cuda(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        run.main(["--gpu-check", "--device", "cpu"])
+    assert stopped.value.code == 2
+    assert "--gpu-check: needs a CUDA device, got --device cpu" in capsys.readouterr().err
